@@ -1,0 +1,83 @@
+"""Cache keys, PGR statistics, the pipeline end to end and the backend config parser."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from w2slab.engine import cache
+from w2slab.engine.pipeline import Experiment, ceiling, weak_artifacts
+from w2slab.engine.stats import pgr, summarize
+from w2slab.models.base import BackendConfig
+
+WEAK = "model=bow,head=linear,n_train=30,epochs=10"
+STRONG = "model=glove-50,head=mlp,epochs=10"
+
+
+def test_cache_key_is_canonical_and_complete(toy_pairwise: Path) -> None:
+    exp = Experiment.create(str(toy_pairwise), WEAK, STRONG)
+    key = exp.key("weak", 1)
+    assert key == Experiment.create(str(toy_pairwise), WEAK, STRONG).key("weak", 1)
+    assert cache.cache_key(a=1, b={"x": 1, "y": 2}) == cache.cache_key(b={"y": 2, "x": 1}, a=1)
+    # every result-relevant value changes the key; batch size is one of them
+    for override in ("batch_size=32", "lr=0.01", "epochs=11", "n_train=31", "model=glove-50"):
+        assert Experiment.create(str(toy_pairwise), f"{WEAK},{override}", STRONG).key("weak", 1) != key
+    assert exp.key("weak", 2) != key and exp.key("ceiling", 1) != key
+    # the strong config does not touch the weak key; the device never counts
+    assert Experiment.create(str(toy_pairwise), WEAK, "model=minilm-l6").key("weak", 1) == key
+    assert Experiment.create(str(toy_pairwise), f"{WEAK},device=cpu", STRONG).key("weak", 1) == key
+
+
+def test_cache_hit_after_batch_size_change_recomputes_not_crashes(toy_pairwise: Path) -> None:
+    exp = Experiment.create(str(toy_pairwise), WEAK, STRONG)
+    first = weak_artifacts(exp, 1)
+    assert cache.load("weak", exp.key("weak", 1)) is not None
+    again = weak_artifacts(exp, 1)
+    np.testing.assert_array_equal(first["train_probs"], again["train_probs"])
+    other = Experiment.create(str(toy_pairwise), f"{WEAK},batch_size=8", STRONG)
+    assert cache.load("weak", other.key("weak", 1)) is None
+    res = weak_artifacts(other, 1)
+    assert res["train_probs"].shape == first["train_probs"].shape
+
+
+def test_weak_and_ceiling_are_reproducible_and_strong_beats_weak(toy_pairwise: Path, tmp_path: Path, monkeypatch) -> None:
+    exp = Experiment.create(str(toy_pairwise), WEAK, STRONG)
+    w, c = weak_artifacts(exp, 3), ceiling(exp, 3)
+    assert c["test_acc"] > w["test_acc"] + 0.05
+    monkeypatch.setenv("W2SLAB_HOME", str(tmp_path / "fresh"))  # no cache: retrain from scratch
+    w2 = weak_artifacts(exp, 3)
+    np.testing.assert_allclose(w["train_probs"], w2["train_probs"], atol=1e-6)
+
+
+def test_pgr_and_summary() -> None:
+    assert pgr(0.6, 0.5, 0.7) == pytest.approx(0.5)
+    assert math.isnan(pgr(0.6, 0.7, 0.7))
+    s = summarize([0.6, 0.65, 0.55, 0.6, 0.62], [0.5] * 5, [0.7] * 5)
+    assert s.pgr == pytest.approx(np.mean([0.5, 0.75, 0.25, 0.5, 0.6]))
+    assert s.pgr_ci[0] < s.pgr < s.pgr_ci[1] and s.pgr_se > 0 and s.n_seeds == 5
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("probe:colour=red", "unknown backend option 'colour'"),
+        ("probe:epochs=many", "backend option 'epochs' expects int"),
+        ("gpu:model=x", "unknown backend kind 'gpu'"),
+        ("probe:epochs", "expected key=value"),
+        ("lm:epochs=2", "the lm backend needs model="),
+    ],
+)
+def test_backend_spec_errors(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BackendConfig.parse(spec)
+
+
+def test_backend_spec_layers_on_base() -> None:
+    base = BackendConfig.parse("probe:model=glove-50,epochs=7")
+    cfg = BackendConfig.parse("lr=0.5", base=base)
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("glove-50", 7, 0.5)
+    lm = BackendConfig.parse("lm:model=/tmp/x", base=base)
+    assert (lm.kind, lm.epochs, lm.lr) == ("lm", 5, 1e-4)  # lm starts from its own defaults

@@ -1,0 +1,3 @@
+from w2slab.cli import app
+
+app()

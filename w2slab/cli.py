@@ -1,0 +1,204 @@
+"""The ``w2slab`` command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="w2slab: automated weak-to-strong alignment research.", no_args_is_help=True, add_completion=False
+)
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_SEEDS = "1,2,3,4,5"
+SeedsOpt = Annotated[str, typer.Option("--seeds", help="Seeds as a list or range: '1,2,3' or '1-5'.")]
+TestbedOpt = Annotated[str, typer.Option("--testbed", "-t", help="A built-in testbed name (see `w2slab testbeds`) or a folder in the reference format.")]
+WeakOpt = Annotated[Optional[str], typer.Option("--weak", help="Weak-model overrides, e.g. 'model=glove-50,epochs=20' or 'lm:model=Qwen/Qwen1.5-0.5B-Chat'.")]
+StrongOpt = Annotated[Optional[str], typer.Option("--strong", help="Strong-model overrides, e.g. 'model=minilm-l6' or 'lm:model=/models/qwen3-4b'.")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="'local' (process pool) or 'ray' (Ray tasks; set W2SLAB_RAY_ADDRESS to join a cluster).")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Parallel local workers (default: one per GPU, else one per core).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
+                seeds += list(range(int(lo), int(hi) + 1))
+            elif part:
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(f"bad seed list '{text}': use integers like '1,2,3' or a range like '1-5'") from None
+    if not seeds:
+        raise ValueError("no seeds given")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed list '{text}' repeats a seed")
+    return seeds
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user mistakes into one-line errors (exit code 2) instead of tracebacks."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from w2slab.methods import MethodError
+        from w2slab.testbeds.format import TestbedError
+
+        try:
+            return fn(*args, **kwargs)
+        except (TestbedError, MethodError, ValueError, FileNotFoundError, RuntimeError) as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def check_executor(name: str) -> str:
+    if name not in ("local", "ray"):
+        raise ValueError(f"unknown executor '{name}' (known: local, ray)")
+    return name
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+@app.command()
+@user_errors
+def testbeds() -> None:
+    """List the built-in testbeds with their sizes, models and measured weak/ceiling gaps."""
+    from w2slab.testbeds import REGISTRY, load_testbed
+
+    table = Table(title="built-in testbeds")
+    for col in ("name", "kind", "label / unlabel / test", "weak model", "strong model", "weak", "ceiling", "gap"):
+        table.add_column(col)
+    for name, spec in sorted(REGISTRY.items()):
+        data = load_testbed(name)
+        m = data.meta.get("measured", {})
+        table.add_row(
+            name,
+            data.kind,
+            f"{len(data.train_label)} / {len(data.train_unlabel)} / {len(data.test)}",
+            spec.weak,
+            spec.strong,
+            _fmt(m.get("weak_acc")),
+            _fmt(m.get("ceiling_acc")),
+            _fmt(m["ceiling_acc"] - m["weak_acc"]) if m else "run `w2slab baselines`",
+        )
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def methods() -> None:
+    """List the built-in methods and their parameters."""
+    from w2slab.methods import list_methods, method_params
+
+    table = Table(title="built-in methods")
+    table.add_column("name")
+    table.add_column("parameters")
+    table.add_column("what it does")
+    for name, fn in list_methods().items():
+        params = ", ".join(f"{k}={v}" for k, v in method_params(fn).items())
+        table.add_row(name, params, " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()))
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def baselines(
+    testbed: TestbedOpt,
+    seeds: SeedsOpt = DEFAULT_SEEDS,
+    weak: WeakOpt = None,
+    strong: StrongOpt = None,
+    executor: ExecutorOpt = "local",
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute (or load from cache) the weak teacher and the ceiling on every seed."""
+    from w2slab.engine.pipeline import Experiment
+    from w2slab.engine.runner import compute_baselines
+
+    check_executor(executor)
+    exp = Experiment.create(testbed, weak, strong)
+    start = time.perf_counter()
+    base = compute_baselines(exp, parse_seeds(seeds), executor, workers, quiet)
+    table = Table(title=f"baselines: {exp.testbed}")
+    for col in ("seed", "weak acc", "ceiling acc"):
+        table.add_column(col, justify="right")
+    for s, w, c in zip(base.seeds, base.weak_acc, base.ceiling_acc):
+        table.add_row(str(s), _fmt(w), _fmt(c))
+    table.add_row("mean", _fmt(sum(base.weak_acc) / len(base.seeds)), _fmt(sum(base.ceiling_acc) / len(base.seeds)))
+    console.print(table)
+    console.print(f"gap (ceiling - weak): {base.gap:.3f}   ({time.perf_counter() - start:.1f} s)")
+    if base.gap <= 0:
+        err.print("[yellow]warning:[/] the ceiling does not beat the weak model: PGR is undefined here")
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"bad --param '{item}': expected NAME=VALUE")
+        params[key.strip()] = value.strip()
+    return params
+
+
+@app.command()
+@user_errors
+def run(
+    method: Annotated[str, typer.Option("--method", "-m", help="A built-in method (see `w2slab methods`) or a file: ideas/x.py or ideas/x.py:name.")],
+    testbed: TestbedOpt,
+    seeds: SeedsOpt = DEFAULT_SEEDS,
+    param: Annotated[list[str], typer.Option("--param", "-p", help="Method parameter NAME=VALUE (repeatable).")] = [],
+    weak: WeakOpt = None,
+    strong: StrongOpt = None,
+    executor: ExecutorOpt = "local",
+    workers: WorkersOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the JSON result (default: runs/<time>-<method>-<testbed>.json).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run a W2S method over seeds; print weak / ceiling / transfer / PGR and write JSON."""
+    from w2slab.engine.pipeline import Experiment
+    from w2slab.engine.runner import run_method_over_seeds, write_result
+    from w2slab.methods import bind_params, get_method
+
+    check_executor(executor)
+    seed_list = parse_seeds(seeds)
+    params = _parse_params(param)
+    bind_params(get_method(method), params)  # fail fast on unknown methods and parameters
+    exp = Experiment.create(testbed, weak, strong)
+    result = run_method_over_seeds(exp, method, seed_list, params, executor, workers, quiet)
+    s = result.summary
+    table = Table(title=f"{method} on {exp.testbed} ({s.n_seeds} seeds)")
+    for col in ("seed", "weak", "ceiling", "transfer", "PGR"):
+        table.add_column(col, justify="right")
+    for row in result.per_seed:
+        table.add_row(str(row["seed"]), _fmt(row["weak_acc"]), _fmt(row["ceiling_acc"]), _fmt(row["transfer_acc"]), _fmt(row["pgr"], 2))
+    table.add_row("mean", _fmt(s.weak_acc), _fmt(s.ceiling_acc), _fmt(s.transfer_acc), _fmt(s.pgr, 2), style="bold")
+    console.print(table)
+    console.print(f"PGR {_fmt(s.pgr, 3)} ± {_fmt(s.pgr_se, 3)} (SE), 95% bootstrap CI [{_fmt(s.pgr_ci[0], 3)}, {_fmt(s.pgr_ci[1], 3)}]")
+    name = Path(method).stem if method.endswith(".py") or ".py:" in method else method
+    path = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{Path(exp.testbed).name}.json"
+    console.print(f"wrote {write_result(result, path)}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
