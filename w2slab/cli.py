@@ -200,5 +200,34 @@ def run(
     console.print(f"wrote {write_result(result, path)}")
 
 
+@app.command()
+@user_errors
+def demo(
+    testbed: Annotated[str, typer.Option("--testbed", "-t", help="Testbed for the demo.")] = "tweets-pairs",
+    seeds: SeedsOpt = DEFAULT_SEEDS,
+    workers: WorkersOpt = None,
+) -> None:
+    """The main job on the embedded default: baselines, then every built-in method, offline on CPU."""
+    from w2slab.engine.pipeline import Experiment
+    from w2slab.engine.runner import compute_baselines, run_method_over_seeds, write_result
+    from w2slab.methods import list_methods
+
+    seed_list = parse_seeds(seeds)
+    exp = Experiment.create(testbed)
+    console.print(f"[bold]w2slab demo[/]: {exp.testbed}, weak {exp.weak.model} -> strong {exp.strong.model}, seeds {seeds}")
+    base = compute_baselines(exp, seed_list, workers=workers)
+    console.print(f"weak {sum(base.weak_acc) / len(seed_list):.3f}   ceiling {sum(base.ceiling_acc) / len(seed_list):.3f}")
+    table = Table(title=f"W2S methods on {exp.testbed} ({len(seed_list)} seeds)")
+    for col in ("method", "transfer acc", "PGR", "95% CI"):
+        table.add_column(col, justify="right")
+    for name in list_methods():
+        res = run_method_over_seeds(exp, name, seed_list, workers=workers)
+        write_result(res, Path("runs") / "demo" / f"{name}-{exp.testbed}.json")
+        s = res.summary
+        table.add_row(name, _fmt(s.transfer_acc), _fmt(s.pgr, 2), f"[{_fmt(s.pgr_ci[0], 2)}, {_fmt(s.pgr_ci[1], 2)}]")
+    console.print(table)
+    console.print("results written to runs/demo/")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
