@@ -1,0 +1,1 @@
+"""Automated researchers: LLM agents or offline policies, each run in a sandbox."""
