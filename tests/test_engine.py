@@ -81,3 +81,20 @@ def test_backend_spec_layers_on_base() -> None:
     assert (cfg.model, cfg.epochs, cfg.lr) == ("glove-50", 7, 0.5)
     lm = BackendConfig.parse("lm:model=/tmp/x", base=base)
     assert (lm.kind, lm.epochs, lm.lr) == ("lm", 5, 1e-4)  # lm starts from its own defaults
+
+
+def test_embeddings_are_cached_per_text_and_shared_cache_is_read_first(tmp_path: Path, monkeypatch) -> None:
+    from w2slab.models.encoders import EmbeddingCache
+
+    own = EmbeddingCache("glove-50", tmp_path / "own")
+    first = own.encode(["a good day", "a bad day", "a good day"])
+    assert first.shape == (3, 50) and np.array_equal(first[0], first[2])
+    import sqlite3
+
+    with sqlite3.connect(own.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM vec").fetchone()[0] == 2  # once per distinct text
+        db.execute("UPDATE vec SET data = ?", (np.ones(50, dtype=np.float32).tobytes(),))
+    own.checkpoint()
+    monkeypatch.setenv("W2SLAB_SHARED_EMBEDDINGS", str(tmp_path / "own"))
+    other = EmbeddingCache("glove-50", tmp_path / "other").encode(["a good day"])
+    assert np.array_equal(other[0], np.ones(50))  # came from the shared file, not recomputed

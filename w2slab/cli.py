@@ -202,6 +202,43 @@ def run(
 
 @app.command()
 @user_errors
+def kit(
+    testbed: TestbedOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the kit to.")],
+    seeds: SeedsOpt = DEFAULT_SEEDS,
+    weak: WeakOpt = None,
+    strong: StrongOpt = None,
+) -> None:
+    """Export a label-free researcher kit: visible rows, weak soft labels per seed, strong config."""
+    from w2slab.engine.kit import export_kit
+    from w2slab.engine.pipeline import Experiment
+
+    path = export_kit(Experiment.create(testbed, weak, strong), parse_seeds(seeds), out)
+    console.print(f"wrote kit {path}")
+
+
+@app.command()
+@user_errors
+def predict(
+    kit_dir: Annotated[Path, typer.Option("--kit", help="A researcher kit folder (from `w2slab kit`).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="A built-in method or a file: ideas/x.py[:name].")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the predictions JSON.")],
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Seeds (default: all the kit's seeds).")] = None,
+    param: Annotated[list[str], typer.Option("--param", "-p", help="Method parameter NAME=VALUE (repeatable).")] = [],
+) -> None:
+    """Run a method on a kit (no labels needed) and write test predictions per seed for the grader."""
+    from w2slab.engine.kit import Kit
+    from w2slab.engine.kit import predict as kit_predict
+
+    seed_list = parse_seeds(seeds) if seeds else Kit.open(kit_dir).seeds
+    result = kit_predict(kit_dir, method, seed_list, _parse_params(param))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result) + "\n")
+    console.print(f"wrote predictions for seeds {', '.join(map(str, seed_list))} to {out}")
+
+
+@app.command()
+@user_errors
 def demo(
     testbed: Annotated[str, typer.Option("--testbed", "-t", help="Testbed for the demo.")] = "tweets-pairs",
     seeds: SeedsOpt = DEFAULT_SEEDS,

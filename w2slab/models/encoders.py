@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import sqlite3
-import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -83,9 +82,11 @@ def load_encoder(name: str) -> EncodeFn:
 
 
 class EmbeddingCache:
-    """Vectors keyed by (encoder, sha256(text)) in one SQLite file per encoder."""
+    """Vectors keyed by (encoder, sha256(text)) in one SQLite file per encoder.
 
-    _lock = threading.Lock()
+    ``W2SLAB_SHARED_EMBEDDINGS`` may name a read-only folder of such files (e.g. bound
+    into a sandbox) that is consulted first: embeddings of texts carry no labels.
+    """
 
     def __init__(self, encoder: str, folder: Path | None = None):
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", encoder)
@@ -93,6 +94,8 @@ class EmbeddingCache:
         folder.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder
         self.path = folder / f"{safe}.sqlite"
+        shared = os.environ.get("W2SLAB_SHARED_EMBEDDINGS")
+        self.shared = Path(shared) / f"{safe}.sqlite" if shared else None
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, dim INTEGER, data BLOB)")
 
@@ -101,16 +104,24 @@ class EmbeddingCache:
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
+    def checkpoint(self) -> Path:
+        """Fold the WAL into the main file, so it can be shared read-only."""
+        with self._connect() as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self.path
+
     def encode(self, texts: list[str], on_progress: Callable[[int], None] | None = None) -> np.ndarray:
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
         found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        if self.shared and self.shared.is_file():
+            try:
+                with sqlite3.connect(f"file:{self.shared}?mode=ro&immutable=1", uri=True) as db:
+                    found.update(_lookup(db, unique))
+            except sqlite3.Error:
+                pass  # an unreadable shared file only costs recomputation
         with self._connect() as db:
-            unique = list(dict.fromkeys(keys))
-            for start in range(0, len(unique), 900):
-                chunk = unique[start : start + 900]
-                marks = ",".join("?" * len(chunk))
-                for key, _dim, data in db.execute(f"SELECT key, dim, data FROM vec WHERE key IN ({marks})", chunk):
-                    found[key] = np.frombuffer(data, dtype=np.float32)
+            found.update(_lookup(db, [k for k in unique if k not in found]))
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
             text_of = dict(zip(keys, texts))
@@ -128,6 +139,16 @@ class EmbeddingCache:
                 if on_progress:
                     on_progress(len(chunk))
         return np.stack([found[k] for k in keys])
+
+
+def _lookup(db: sqlite3.Connection, keys: list[str]) -> dict[str, np.ndarray]:
+    found = {}
+    for start in range(0, len(keys), 900):
+        chunk = keys[start : start + 900]
+        marks = ",".join("?" * len(chunk))
+        for key, _dim, data in db.execute(f"SELECT key, dim, data FROM vec WHERE key IN ({marks})", chunk):
+            found[key] = np.frombuffer(data, dtype=np.float32)
+    return found
 
 
 def embed(encoder: str, texts: list[str]) -> np.ndarray:
