@@ -266,5 +266,14 @@ def demo(
     console.print("results written to runs/demo/")
 
 
+def _mount_subcommands() -> None:
+    from w2slab.grader.cli import app as grader_app
+
+    app.add_typer(grader_app)
+
+
+_mount_subcommands()
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())

@@ -1,0 +1,492 @@
+"""The grader's FastAPI app: evaluation on the dev half of each test set, final submissions,
+leaderboard, forum, code store, audit log and the dashboard.
+
+``create_app(settings)`` builds the app; start-up migrates the database and computes (or
+loads from the engine cache) the weak and ceiling baselines of every testbed served.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, func, update
+from sqlmodel import Session, col, select
+
+from w2slab import paths
+from w2slab.grader import forum
+from w2slab.grader.auth import AuthMiddleware, Authenticator, Principal, admin, create_researcher
+from w2slab.grader.auth import load_admin_token, load_server_secret, principal, researcher
+from w2slab.grader.codestore import SHA_RE, ArchiveError, CodeStore, check_archive
+from w2slab.grader.db import Audit, Researcher, Snapshot, Submission, dumps, make_engine, migrate, now
+from w2slab.grader.db import read_session, write_session
+from w2slab.grader.scoring import PredictionError, Scorer, load_scorer, parse_predictions
+
+SETTINGS_ENV = "W2SLAB_GRADER_SETTINGS"
+
+
+class Settings(BaseModel):
+    """Everything the operator chooses; passed to uvicorn workers as JSON in an env variable."""
+
+    testbeds: list[str] = Field(min_length=1, description="names, folders, or NAME=FOLDER")
+    weak: str | None = None
+    strong: str | None = None
+    baseline_seeds: list[int] = [1, 2, 3, 4, 5]
+    submit_seed_count: int = Field(5, ge=5)
+    submit_seeds: list[int] | None = Field(None, min_length=5, description="fixed seeds instead of secret-drawn ones")
+    db_url: str | None = None
+    eval_per_hour: int = 60
+    eval_total: int = 2000
+    submit_per_hour: int = 10
+    submit_total: int = 500
+    max_archive_bytes: int = 5 * 2**20
+    max_unpacked_bytes: int = 50 * 2**20
+    max_archive_members: int = 10_000
+    baseline_workers: int | None = None
+    dashboard_open_on_loopback: bool = True
+
+
+@dataclass
+class GraderState:
+    settings: Settings
+    engine: Engine
+    auth: Authenticator
+    scorers: dict[str, Scorer]
+    store: CodeStore
+    dashboard_key: str  # the dashboard login cookie's value
+
+    def scorer(self, name: str) -> Scorer:
+        if name not in self.scorers:
+            raise HTTPException(404, f"unknown testbed '{name}'; this server scores: {', '.join(sorted(self.scorers))}")
+        return self.scorers[name]
+
+
+def prepare(settings: Settings) -> GraderState:
+    """Migrate the database, load the secrets and every testbed's baselines."""
+    engine = make_engine(settings.db_url)
+    migrate(engine)
+    admin_token = load_admin_token()
+    secret = load_server_secret()
+    scorers: dict[str, Scorer] = {}
+    for ref in settings.testbeds:
+        sc = load_scorer(ref, settings.weak, settings.strong, settings.baseline_seeds, secret,
+                         settings.submit_seed_count, settings.submit_seeds, settings.baseline_workers)
+        if sc.name in scorers:
+            raise ValueError(f"two testbeds are both called '{sc.name}': name one NAME=FOLDER")
+        scorers[sc.name] = sc
+    dash = hashlib.sha256(f"dashboard:{admin_token}".encode()).hexdigest()
+    return GraderState(settings, engine, Authenticator(engine, admin_token), scorers,
+                       CodeStore(paths.home() / "grader" / "snapshots"), dash)
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+class EvaluateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    testbed: str
+    predictions: list[Any] = Field(description="P(class 1) in [0, 1], \"A\"/\"B\" or true/false, one per test row")
+
+
+class SubmitIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    testbed: str
+    method_name: str = Field(min_length=1, max_length=200)
+    snapshot_sha256: str
+    predictions: dict[str, Any] = Field(description="seed -> one prediction per test row")
+
+
+class ResearcherIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+# ---------------------------------------------------------------- shared queries
+
+
+def r3(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(x, 3)
+
+
+def sha_of(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def charge(
+    state: GraderState, who: Principal, kind: str, testbed: str, pred_sha: str, score: dict[str, Any],
+    add: Callable[[Session], Any] | None = None,
+) -> tuple[int, int, int, Any]:
+    """Check and spend one unit of this researcher's budget for ``kind``, record the audit row
+    (and whatever ``add`` writes) in the same transaction. Returns audit id, hour left, total left, add's value."""
+    st = state.settings
+    per_hour, total = (st.eval_per_hour, st.eval_total) if kind == "evaluate" else (st.submit_per_hour, st.submit_total)
+    counter = Researcher.evaluations if kind == "evaluate" else Researcher.submissions
+    t = now()
+    with write_session(state.engine) as s:
+        used = s.exec(select(counter).where(Researcher.id == who.id).with_for_update()).one()
+        if used >= total:
+            raise HTTPException(429, f"total {kind} budget used up ({total}); it does not reset: ask the operator to raise it")
+        n, oldest = s.exec(select(func.count(), func.min(Audit.created_at)).where(
+            Audit.researcher_id == who.id, Audit.kind == kind, Audit.created_at > t - 3600)).one()
+        if n >= per_hour:
+            wait = max(1, math.ceil(oldest + 3600 - t))
+            raise HTTPException(429, f"hourly {kind} budget used up ({per_hour} per hour); retry in {wait} s",
+                                headers={"Retry-After": str(wait)})
+        s.exec(update(Researcher).where(col(Researcher.id) == who.id).values({counter: counter + 1}))
+        extra = add(s) if add else None
+        if isinstance(extra, Submission):
+            s.flush()
+            score = {"submission_id": extra.id, **score}
+        a = Audit(researcher_id=who.id, kind=kind, testbed=testbed, predictions_sha256=pred_sha, score=dumps(score), created_at=t)
+        s.add(a)
+        s.commit()
+        return a.id or 0, per_hour - n - 1, total - used - 1, extra
+
+
+def leaderboard(engine: Engine, testbed: str) -> list[dict[str, Any]]:
+    """Every submission on a testbed, best final-set PGR first."""
+    with read_session(engine) as s:
+        rows = s.exec(select(Submission, Researcher.name).join(Researcher, col(Submission.researcher_id) == col(Researcher.id))
+                      .where(Submission.testbed == testbed)).all()
+    rows = sorted(rows, key=lambda r: (r[0].pgr is None, -(r[0].pgr or 0), r[0].created_at))
+    return [dict(submission_dict(sub, name), rank=i + 1) for i, (sub, name) in enumerate(rows)]
+
+
+def submission_dict(sub: Submission, name: str) -> dict[str, Any]:
+    return {
+        "id": sub.id, "researcher": name, "testbed": sub.testbed, "method_name": sub.method_name,
+        "snapshot_sha256": sub.snapshot_sha256, "created_at": sub.created_at, "pgr": r3(sub.pgr),
+        "pgr_ci": [r3(sub.pgr_lo), r3(sub.pgr_hi)], "pgr_se": r3(sub.pgr_se), "transfer_acc": r3(sub.transfer_acc),
+        "weak_acc": r3(sub.weak_acc), "ceiling_acc": r3(sub.ceiling_acc), "n_seeds": len(json.loads(sub.seeds)),
+    }
+
+
+def submissions(engine: Engine, testbed: str | None = None, researcher: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    with read_session(engine) as s:
+        q = select(Submission, Researcher.name).join(Researcher, col(Submission.researcher_id) == col(Researcher.id))
+        if testbed:
+            q = q.where(Submission.testbed == testbed)
+        if researcher:
+            q = q.where(Researcher.name == researcher)
+        rows = s.exec(q.order_by(col(Submission.created_at).desc()).limit(limit)).all()
+    return [submission_dict(sub, name) for sub, name in rows]
+
+
+def snapshots(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
+    with read_session(engine) as s:
+        rows = s.exec(select(Snapshot, Researcher.name).join(Researcher, col(Snapshot.uploader_id) == col(Researcher.id))
+                      .order_by(col(Snapshot.created_at).desc()).limit(limit)).all()
+    return [snapshot_dict(snap, name) for snap, name in rows]
+
+
+def snapshot_dict(snap: Snapshot, name: str) -> dict[str, Any]:
+    return {"sha256": snap.sha256, "uploader": name, "parent_sha256": snap.parent_sha256, "size": snap.size,
+            "unpacked_size": snap.unpacked_size, "n_files": snap.n_files, "note": snap.note, "created_at": snap.created_at}
+
+
+def researcher_usage(state: GraderState) -> list[dict[str, Any]]:
+    """Every researcher with their evaluations (last hour, total), submissions and posts."""
+    from w2slab.grader.db import Post
+
+    t = now()
+    with read_session(state.engine) as s:
+        people = s.exec(select(Researcher).order_by(col(Researcher.name))).all()
+        hour = dict(s.exec(select(Audit.researcher_id, func.count()).where(Audit.kind == "evaluate", Audit.created_at > t - 3600)
+                           .group_by(col(Audit.researcher_id))).all())
+        posts = dict(s.exec(select(Post.author_id, func.count()).group_by(col(Post.author_id))).all())
+    st = state.settings
+    return [{"id": r.id, "name": r.name, "created_at": r.created_at, "evaluations_last_hour": hour.get(r.id, 0),
+             "evaluations_total": r.evaluations, "eval_per_hour": st.eval_per_hour, "eval_total": st.eval_total,
+             "submissions": r.submissions, "posts": posts.get(r.id, 0)} for r in people]
+
+
+def audit_log(engine: Engine, limit: int = 200, researcher: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+    with read_session(engine) as s:
+        q = select(Audit, Researcher.name).join(Researcher, col(Audit.researcher_id) == col(Researcher.id))
+        if researcher:
+            q = q.where(Researcher.name == researcher)
+        if kind:
+            q = q.where(Audit.kind == kind)
+        rows = s.exec(q.order_by(col(Audit.id).desc()).limit(limit)).all()
+    return [{"id": a.id, "researcher": n, "kind": a.kind, "testbed": a.testbed, "created_at": a.created_at,
+             "predictions_sha256": a.predictions_sha256, "score": json.loads(a.score)} for a, n in rows]
+
+
+# ---------------------------------------------------------------- the API
+
+
+def api_router() -> APIRouter:
+    api = APIRouter(prefix="/api")
+
+    def st(request: Request) -> GraderState:
+        return request.app.state.grader
+
+    @api.get("/me")
+    def me(request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+        if who.admin:
+            return {"name": "admin", "role": "admin"}
+        usage = next(u for u in researcher_usage(st(request)) if u["id"] == who.id)
+        return {"name": who.name, "role": "researcher", "usage": usage}
+
+    @api.get("/testbeds")
+    def testbeds(request: Request) -> list[dict[str, Any]]:
+        return [{"name": sc.name, "kind": sc.kind, "test_rows": sc.n_test, "dev_rows": len(sc.dev), "seeds": sc.seeds}
+                for sc in st(request).scorers.values()]
+
+    @api.get("/seeds")
+    def seeds(request: Request, testbed: str) -> dict[str, Any]:
+        sc = st(request).scorer(testbed)
+        return {"testbed": sc.name, "seeds": sc.seeds}
+
+    @api.post("/evaluate")
+    def evaluate(body: EvaluateIn, request: Request, response: Response, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        state = st(request)
+        sc = state.scorer(body.testbed)
+        result = sc.evaluate(parse_predictions(body.predictions, sc.n_test))
+        audit_id, hour_left, total_left, _ = charge(state, who, "evaluate", sc.name, sha_of(body.predictions), result)
+        response.headers.update({"X-Audit-Id": str(audit_id), "X-Budget-Hour-Left": str(hour_left),
+                                 "X-Budget-Total-Left": str(total_left)})
+        return result
+
+    @api.post("/submit", status_code=201)
+    def submit(body: SubmitIn, request: Request, response: Response, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        state = st(request)
+        sc = state.scorer(body.testbed)
+        given: dict[int, Any] = {}
+        for key, value in body.predictions.items():
+            try:
+                given[int(key)] = value
+            except ValueError:
+                raise PredictionError(f"predictions: keys must be seeds (integers), got {key!r}") from None
+        missing, extra = sorted(set(sc.seeds) - set(given)), sorted(set(given) - set(sc.seeds))
+        if missing or extra:
+            what = "; ".join(x for x in (f"missing seeds {missing}" if missing else "",
+                                         f"unexpected seeds {extra}" if extra else "") if x)
+            raise PredictionError(f"predictions: {what}; the required seeds are {sc.seeds} (GET /api/seeds?testbed={sc.name})")
+        probs = {s: parse_predictions(given[s], sc.n_test, f"predictions[{s}]") for s in sc.seeds}
+        if not SHA_RE.match(body.snapshot_sha256):
+            raise PredictionError("snapshot_sha256 must be 64 lowercase hex characters")
+        summary = sc.submit(probs)
+        out = {"testbed": sc.name, "pgr": r3(summary.pgr), "pgr_ci": [r3(summary.pgr_ci[0]), r3(summary.pgr_ci[1])],
+               "pgr_se": r3(summary.pgr_se), "transfer_acc": r3(summary.transfer_acc), "weak_acc": r3(summary.weak_acc),
+               "ceiling_acc": r3(summary.ceiling_acc), "n_seeds": summary.n_seeds}
+
+        def add(s: Session) -> Submission:
+            if s.get(Snapshot, body.snapshot_sha256) is None:
+                raise HTTPException(422, f"snapshot {body.snapshot_sha256} is not in the code store: upload it first (POST /api/snapshots)")
+            nan = lambda x: None if math.isnan(x) else x  # noqa: E731
+            sub = Submission(
+                researcher_id=who.id or 0, testbed=sc.name, method_name=body.method_name, snapshot_sha256=body.snapshot_sha256,
+                seeds=dumps(sc.seeds), pgr=nan(summary.pgr), pgr_lo=nan(summary.pgr_ci[0]), pgr_hi=nan(summary.pgr_ci[1]),
+                pgr_se=nan(summary.pgr_se), transfer_acc=summary.transfer_acc, weak_acc=summary.weak_acc,
+                ceiling_acc=summary.ceiling_acc, predictions_sha256=sha_of(body.predictions),
+                per_seed=dumps([{"seed": s_, "pgr": nan(p)} for s_, p in zip(sc.seeds, summary.per_seed_pgr)]))
+            s.add(sub)
+            return sub
+
+        audit_id, _, _, sub = charge(state, who, "submit", sc.name, sha_of(body.predictions), out, add)
+        response.headers["X-Audit-Id"] = str(audit_id)
+        return {"id": sub.id, **out}
+
+    @api.get("/leaderboard")
+    def get_leaderboard(request: Request, testbed: str) -> dict[str, Any]:
+        state = st(request)
+        sc = state.scorer(testbed)
+        import numpy as np
+
+        return {"testbed": sc.name, "weak_acc": r3(float(np.mean(sc.weak_final))),
+                "ceiling_acc": r3(float(np.mean(sc.ceiling_final))), "rows": leaderboard(state.engine, sc.name)}
+
+    @api.get("/submissions")
+    def list_submissions(request: Request, testbed: str | None = None, researcher: str | None = None,
+                         limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return submissions(st(request).engine, testbed, researcher, limit)
+
+    # ---- code store
+    @api.post("/snapshots")
+    async def upload_snapshot(request: Request, response: Response, parent: str | None = None, note: str = "",
+                              who: Principal = Depends(researcher)) -> dict[str, Any]:
+        state = st(request)
+        cap = state.settings.max_archive_bytes
+        if int(request.headers.get("content-length") or 0) > cap:
+            raise ArchiveError(f"archive is {request.headers['content-length']} bytes; the limit is {cap} bytes compressed", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise ArchiveError(f"archive is larger than the limit of {cap} bytes compressed", 413)
+            chunks.append(chunk)
+        if len(note) > 500:
+            raise ArchiveError("note: at most 500 characters")
+        if parent is not None and not SHA_RE.match(parent):
+            raise ArchiveError("parent must be a sha256 (64 lowercase hex characters)")
+        data = b"".join(chunks)
+        s = state.settings
+        info = await run_in_threadpool(check_archive, data, cap, s.max_unpacked_bytes, s.max_archive_members)
+        rec, created = await run_in_threadpool(_store_snapshot, state, who, info, data, parent, note)
+        response.status_code = 201 if created else 200
+        return {**rec, "created": created}
+
+    @api.get("/snapshots")
+    def list_snapshots(request: Request, limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return snapshots(st(request).engine, limit)
+
+    @api.get("/snapshots/{sha}")
+    def download_snapshot(sha: str, request: Request) -> FileResponse:
+        state = st(request)
+        _snapshot_or_404(state, sha)
+        return FileResponse(state.store.path(sha), media_type="application/gzip", filename=f"{sha}.tar.gz")
+
+    @api.get("/snapshots/{sha}/info")
+    def snapshot_info(sha: str, request: Request) -> dict[str, Any]:
+        return _snapshot_or_404(st(request), sha)
+
+    # ---- forum
+    @api.post("/posts", status_code=201)
+    def create_post(body: forum.PostIn, request: Request, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        post = forum.create_post(st(request).engine, who.id or 0, body)
+        return forum.post_dict(post, who.name)
+
+    @api.get("/posts")
+    def list_posts(request: Request, kind: forum.PostKind | None = None, limit: int = Query(50, ge=1, le=500),
+                   offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+        return forum.list_posts(st(request).engine, kind, limit, offset)
+
+    @api.get("/posts/search")
+    def search_posts(request: Request, q: str = Query(min_length=1, max_length=500),
+                     limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+        return forum.search_posts(st(request).engine, q, limit)
+
+    @api.get("/posts/{post_id}")
+    def get_post(post_id: int, request: Request) -> dict[str, Any]:
+        return forum.get_post(st(request).engine, post_id)
+
+    @api.post("/posts/{post_id}/comments", status_code=201)
+    def comment(post_id: int, body: forum.CommentIn, request: Request, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        c = forum.add_comment(st(request).engine, post_id, who.id or 0, body)
+        return {"id": c.id, "post_id": post_id, "author": who.name, "body": c.body, "created_at": c.created_at}
+
+    @api.post("/posts/{post_id}/vote")
+    def vote(post_id: int, request: Request, body: forum.VoteIn | None = None, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        score = forum.vote(st(request).engine, post_id, who.id or 0, body or forum.VoteIn())
+        return {"post_id": post_id, "score": score}
+
+    # ---- operator
+    @api.post("/admin/researchers", status_code=201)
+    def add_researcher(body: ResearcherIn, request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+        try:
+            r, token = create_researcher(st(request).engine, body.name)
+        except ValueError as e:
+            raise HTTPException(409 if "already exists" in str(e) else 422, str(e)) from None
+        return {"id": r.id, "name": r.name, "token": token}
+
+    @api.get("/admin/researchers")
+    def list_researchers(request: Request, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
+        return researcher_usage(st(request))
+
+    @api.get("/admin/audit")
+    def get_audit(request: Request, limit: int = Query(200, ge=1, le=10_000), researcher: str | None = None,
+                  kind: str | None = None, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
+        return audit_log(st(request).engine, limit, researcher, kind)
+
+    return api
+
+
+def _snapshot_or_404(state: GraderState, sha: str) -> dict[str, Any]:
+    if not SHA_RE.match(sha):
+        raise HTTPException(422, "a snapshot is named by its sha256 (64 lowercase hex characters)")
+    with read_session(state.engine) as s:
+        row = s.exec(select(Snapshot, Researcher.name).join(Researcher, col(Snapshot.uploader_id) == col(Researcher.id))
+                     .where(Snapshot.sha256 == sha)).first()
+    if row is None:
+        raise HTTPException(404, f"no snapshot {sha} in the code store")
+    return snapshot_dict(*row)
+
+
+def _store_snapshot(state: GraderState, who: Principal, info: Any, data: bytes, parent: str | None, note: str) -> tuple[dict[str, Any], bool]:
+    with write_session(state.engine) as s:
+        if parent and s.get(Snapshot, parent) is None:
+            raise ArchiveError(f"parent snapshot {parent} is not in the code store")
+        existing = s.get(Snapshot, info.sha256)
+        if existing is not None:
+            return snapshot_dict(existing, s.get(Researcher, existing.uploader_id).name), False  # type: ignore[union-attr]
+        state.store.put(info.sha256, data)  # the file first: a committed row always has its file
+        snap = Snapshot(sha256=info.sha256, uploader_id=who.id or 0, parent_sha256=parent, size=info.size,
+                        unpacked_size=info.unpacked_size, n_files=info.n_files, note=note)
+        s.add(snap)
+        s.commit()
+    return snapshot_dict(snap, who.name), True
+
+
+# ---------------------------------------------------------------- errors and the app
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":
+            return f"request body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}"
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
+    return "; ".join(parts[:10]) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(PredictionError)
+    async def _predictions(_: Request, exc: PredictionError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ArchiveError)
+    async def _archive(_: Request, exc: ArchiveError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(forum.ForumError)
+    async def _forum(_: Request, exc: forum.ForumError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+def create_app(settings: Settings, state: GraderState | None = None) -> FastAPI:
+    """The grader app; ``state`` (from :func:`prepare`) is built at start-up when not given."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if getattr(app.state, "grader", None) is None:
+            app.state.grader = await run_in_threadpool(prepare, settings)
+        yield
+        app.state.grader.engine.dispose()
+
+    app = FastAPI(title="w2slab grader", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json")
+    app.state.grader = state
+    app.add_middleware(AuthMiddleware, get_auth=lambda: app.state.grader.auth)
+    install_error_handlers(app)
+    app.include_router(api_router())
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "testbeds": sorted(app.state.grader.scorers)}
+
+    from w2slab.dashboard.views import mount_dashboard
+
+    mount_dashboard(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: settings come as JSON in ``W2SLAB_GRADER_SETTINGS``."""
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+

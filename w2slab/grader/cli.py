@@ -1,0 +1,154 @@
+"""Grader commands: ``serve``, ``researcher add|list`` and ``audit`` (a typer app to mount)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="The grader: evaluation server, leaderboard, forum, code store and dashboard.",
+                  no_args_is_help=True, add_completion=False)
+researcher_app = typer.Typer(help="Researchers and their tokens.", no_args_is_help=True)
+app.add_typer(researcher_app, name="researcher")
+console = Console()
+err = Console(stderr=True)
+
+DbOpt = Annotated[Optional[str], typer.Option("--db", help="Database URL (default: SQLite under W2SLAB_HOME/grader; "
+                                                            "or postgresql+psycopg://user:pw@host/db).")]
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _engine(db: str | None):  # type: ignore[no-untyped-def]
+    from w2slab.grader.db import make_engine, migrate
+
+    engine = make_engine(db)
+    migrate(engine)
+    return engine
+
+
+@app.command()
+def serve(
+    testbed: Annotated[list[str], typer.Option("--testbed", "-t", help="Testbed to serve: a name, a folder, or NAME=FOLDER (repeatable).")],
+    weak: Annotated[Optional[str], typer.Option("--weak", help="Weak-model overrides for the baselines.")] = None,
+    strong: Annotated[Optional[str], typer.Option("--strong", help="Strong-model overrides for the baselines.")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Baseline seeds: '1-5' or '1,2,3'.")] = "1-5",
+    submit_seeds: Annotated[int, typer.Option("--submit-seeds", help="How many seeds a submission must cover (>= 5; drawn from a server secret).")] = 5,
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8765,
+    workers: Annotated[int, typer.Option("--workers", help="uvicorn worker processes.")] = 1,
+    eval_per_hour: Annotated[int, typer.Option("--eval-per-hour", help="Evaluations per researcher per hour.")] = 60,
+    eval_total: Annotated[int, typer.Option("--eval-total", help="Evaluations per researcher in total.")] = 2000,
+    submit_per_hour: Annotated[int, typer.Option("--submit-per-hour")] = 10,
+    submit_total: Annotated[int, typer.Option("--submit-total")] = 500,
+    max_archive_mb: Annotated[float, typer.Option("--max-archive-mb", help="Snapshot size cap, compressed.")] = 5.0,
+    max_unpacked_mb: Annotated[float, typer.Option("--max-unpacked-mb", help="Snapshot size cap, uncompressed.")] = 50.0,
+    baseline_workers: Annotated[Optional[int], typer.Option("--baseline-workers", help="Processes for computing baselines.")] = None,
+    dashboard_login: Annotated[bool, typer.Option("--dashboard-login", help="Require the admin-token login even on loopback.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level")] = "warning",
+) -> None:
+    """Run the grader: compute or load baselines, migrate the database, then serve the API and dashboard."""
+    import uvicorn
+
+    from w2slab.cli import parse_seeds
+    from w2slab.grader.app import SETTINGS_ENV, Settings, create_app, prepare
+    from w2slab.grader.auth import admin_token_file
+    from w2slab.testbeds.format import TestbedError
+
+    try:
+        settings = Settings(
+            testbeds=testbed, weak=weak, strong=strong, baseline_seeds=parse_seeds(seeds), submit_seed_count=submit_seeds,
+            db_url=db, eval_per_hour=eval_per_hour, eval_total=eval_total, submit_per_hour=submit_per_hour,
+            submit_total=submit_total, max_archive_bytes=int(max_archive_mb * 2**20),
+            max_unpacked_bytes=int(max_unpacked_mb * 2**20), baseline_workers=baseline_workers,
+            dashboard_open_on_loopback=not dashboard_login,
+        )
+        start = time.perf_counter()
+        state = prepare(settings)  # once here, so workers start from the cache and a migrated database
+    except (ValueError, TestbedError, RuntimeError) as e:
+        _fail(str(e))
+        return
+    for sc in state.scorers.values():
+        console.print(f"{sc.name}: {sc.n_test} test rows ({len(sc.dev)} dev), weak {sum(sc.weak_final) / len(sc.weak_final):.3f} / "
+                      f"ceiling {sum(sc.ceiling_final) / len(sc.ceiling_final):.3f} on the final half; submission seeds {sc.seeds}",
+                      soft_wrap=True, highlight=False)
+    who = "W2SLAB_ADMIN_TOKEN" if os.environ.get("W2SLAB_ADMIN_TOKEN") else str(admin_token_file())
+    console.print(f"ready in {time.perf_counter() - start:.1f} s; admin token: {who}; http://{host}:{port}/", highlight=False, soft_wrap=True)
+    opts = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 5}
+    if workers <= 1:
+        uvicorn.run(create_app(settings, state), **opts)  # type: ignore[arg-type]
+        return
+    state.engine.dispose()
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    uvicorn.run("w2slab.grader.app:app_from_env", factory=True, workers=workers, **opts)  # type: ignore[arg-type]
+
+
+@researcher_app.command("add")
+def researcher_add(name: Annotated[str, typer.Argument(help="Researcher name.")], db: DbOpt = None) -> None:
+    """Create a researcher and print their token (shown once; only its hash is stored)."""
+    from w2slab.grader.auth import create_researcher
+
+    try:
+        r, token = create_researcher(_engine(db), name)
+    except ValueError as e:
+        _fail(str(e))
+        return
+    err.print(f"researcher '{r.name}' created; their token (shown once, store it now):")
+    print(token)
+
+
+@researcher_app.command("list")
+def researcher_list(db: DbOpt = None) -> None:
+    """Researchers with their query use."""
+    from sqlmodel import select
+
+    from w2slab.grader.db import Researcher, read_session
+
+    with read_session(_engine(db)) as s:
+        rows = s.exec(select(Researcher).order_by(Researcher.name)).all()
+    table = Table(title="researchers")
+    for c in ("name", "evaluations", "submissions", "since"):
+        table.add_column(c)
+    for r in rows:
+        table.add_row(r.name, str(r.evaluations), str(r.submissions), time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)))
+    console.print(table)
+
+
+@app.command()
+def audit(
+    db: DbOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    researcher: Annotated[Optional[str], typer.Option("--researcher", "-r")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="evaluate or submit")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The audit log: every evaluation and submission (who, when, sha256 of predictions, score)."""
+    from w2slab.grader.app import audit_log
+
+    rows = audit_log(_engine(db), limit, researcher, kind)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table(title="audit log (newest first)")
+    for c in ("id", "when", "researcher", "kind", "testbed", "predictions sha256", "score"):
+        table.add_column(c, no_wrap=c == "predictions sha256", min_width=24 if c == "score" else None)
+    for r in rows:
+        sc = r["score"]
+        score = f"PGR {sc.get('pgr')}" + (f" {sc['pgr_ci']} (#{sc['submission_id']})" if "pgr_ci" in sc else f", acc {sc.get('transfer_acc')}")
+        table.add_row(str(r["id"]), time.strftime("%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["researcher"],
+                      r["kind"], r["testbed"], r["predictions_sha256"][:12], score)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

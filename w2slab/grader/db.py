@@ -1,0 +1,180 @@
+"""Grader state: SQLModel tables, the engine (SQLite in WAL mode or PostgreSQL by URL) and migrations.
+
+Timestamps are UNIX seconds (floats). JSON-valued columns hold compact JSON text so the
+same schema works on both databases. The schema is created by the alembic revision in
+``migrations/``, never by ``create_all``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, Index, UniqueConstraint, create_engine, event
+from sqlmodel import Field, Session, SQLModel
+
+from w2slab import paths
+
+POST_KINDS = ("result", "hypothesis", "insight", "negative_result", "question")
+
+
+def now() -> float:
+    return time.time()
+
+
+class Researcher(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: float = Field(default_factory=now)
+    evaluations: int = 0  # total evaluations used (the budget counter)
+    submissions: int = 0
+
+
+class Audit(SQLModel, table=True):
+    """One scored request: who, when, what (sha256 of the predictions) and the score returned."""
+
+    __table_args__ = (Index("ix_audit_who", "researcher_id", "kind", "created_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    researcher_id: int = Field(foreign_key="researcher.id")
+    kind: str = Field(max_length=16)  # evaluate | submit
+    testbed: str = Field(max_length=200)
+    created_at: float = Field(default_factory=now, index=True)
+    predictions_sha256: str = Field(max_length=64)
+    score: str = "{}"  # JSON of what was returned
+
+
+class Snapshot(SQLModel, table=True):
+    sha256: str = Field(primary_key=True, max_length=64)
+    uploader_id: int = Field(foreign_key="researcher.id", index=True)
+    parent_sha256: str | None = Field(default=None, foreign_key="snapshot.sha256", max_length=64)
+    size: int
+    unpacked_size: int
+    n_files: int
+    note: str = Field(default="", max_length=500)
+    created_at: float = Field(default_factory=now)
+
+
+class Submission(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    researcher_id: int = Field(foreign_key="researcher.id", index=True)
+    testbed: str = Field(max_length=200, index=True)
+    method_name: str = Field(max_length=200)
+    snapshot_sha256: str = Field(foreign_key="snapshot.sha256", max_length=64)
+    created_at: float = Field(default_factory=now)
+    seeds: str  # JSON list
+    pgr: float | None = None  # None where the ceiling does not beat the weak model
+    pgr_lo: float | None = None
+    pgr_hi: float | None = None
+    pgr_se: float | None = None
+    transfer_acc: float
+    weak_acc: float
+    ceiling_acc: float
+    per_seed: str  # JSON list of {seed, transfer_acc, pgr}
+    predictions_sha256: str = Field(max_length=64)
+
+
+class Post(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    author_id: int = Field(foreign_key="researcher.id", index=True)
+    kind: str = Field(max_length=32, index=True)
+    title: str = Field(max_length=300)
+    body: str
+    metrics: str | None = None  # JSON object
+    submission_ids: str = "[]"  # JSON list of Submission ids
+    snapshot_shas: str = "[]"  # JSON list of Snapshot sha256
+    created_at: float = Field(default_factory=now, index=True)
+    score: int = 0  # sum of votes
+    n_comments: int = 0
+
+
+class Comment(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    post_id: int = Field(foreign_key="post.id", index=True)
+    author_id: int = Field(foreign_key="researcher.id")
+    body: str
+    created_at: float = Field(default_factory=now)
+
+
+class Vote(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("post_id", "researcher_id", name="uq_vote_once"),)
+    id: int | None = Field(default=None, primary_key=True)
+    post_id: int = Field(foreign_key="post.id", index=True)
+    researcher_id: int = Field(foreign_key="researcher.id")
+    value: int
+    created_at: float = Field(default_factory=now)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def default_url() -> str:
+    return f"sqlite:///{paths.home() / 'grader' / 'grader.db'}"
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine for ``url`` (default: SQLite under W2SLAB_HOME). On SQLite: WAL mode,
+    a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for write sessions."""
+    url = url or default_url()
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+    if ":memory:" not in url and url.count("///"):
+        Path(url.split("///", 1)[1]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=32, max_overflow=16)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _begin)
+        cur = dbapi_conn.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=30000"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def read_session(engine: Engine) -> Session:
+    return Session(engine, expire_on_commit=False)
+
+
+_WRITE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def write_session(engine: Engine) -> Iterator[Session]:
+    """A session whose transaction takes the write lock up front (SQLite ``BEGIN IMMEDIATE``),
+    so concurrent writers queue instead of failing on lock upgrade. On SQLite, threads of one
+    process also queue on a fair in-process lock first: only one per process waits on the file
+    lock, which keeps SQLite's sleeping busy handler (and tail latency) out of the way."""
+    lock = _WRITE_LOCK if is_sqlite(engine) else contextlib.nullcontext()
+    with lock, Session(engine.execution_options(immediate=True), expire_on_commit=False) as session:
+        yield session
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the latest alembic revision (safe to call from several workers)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.execution_options(immediate=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(74193)")
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
