@@ -1,0 +1,123 @@
+"""A typed HTTP client for the grader's API (what researchers use, outside their sandbox)."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class GraderError(RuntimeError):
+    """The grader refused a request; ``status`` and the server's message are kept."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(f"grader said {status}: {message}")
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+class GraderClient:
+    def __init__(self, url: str, token: str, timeout: float = 60.0, retries: int = 3):
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as e:  # server restarting: retry with backoff
+                if attempt == self.retries:
+                    raise GraderError(0, f"cannot reach the grader at {self.url}: {e}") from None
+                time.sleep(0.5 * 2**attempt)
+                continue
+            if resp.status_code < 400:
+                return resp.json() if resp.headers.get("content-type", "").startswith("application/json") else resp.content
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:
+                detail = resp.text
+            retry = resp.headers.get("Retry-After")
+            raise GraderError(resp.status_code, str(detail), float(retry) if retry else None)
+        raise AssertionError("unreachable")
+
+    # identity and testbeds
+    def me(self) -> dict[str, Any]:
+        return self._call("GET", "/api/me")
+
+    def testbeds(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/testbeds")
+
+    def seeds(self, testbed: str) -> list[int]:
+        return list(self._call("GET", "/api/seeds", params={"testbed": testbed})["seeds"])
+
+    # scoring
+    def evaluate(self, testbed: str, predictions: list[float]) -> dict[str, Any]:
+        """Dev-half feedback: ``{pgr, transfer_acc}`` rounded to 2 decimals (budgeted)."""
+        return self._call("POST", "/api/evaluate", json={"testbed": testbed, "predictions": predictions})
+
+    def submit(self, testbed: str, method_name: str, snapshot_sha256: str, predictions: dict[str, list[float]]) -> dict[str, Any]:
+        body = {"testbed": testbed, "method_name": method_name, "snapshot_sha256": snapshot_sha256, "predictions": predictions}
+        return self._call("POST", "/api/submit", json=body)
+
+    def leaderboard(self, testbed: str) -> dict[str, Any]:
+        return self._call("GET", "/api/leaderboard", params={"testbed": testbed})
+
+    # code store
+    def upload_snapshot(self, folder: str | Path, parent: str | None = None, note: str = "") -> dict[str, Any]:
+        """Pack ``folder`` (regular files only) as tar.gz and upload it; returns its info incl. sha256."""
+        params = {"note": note, **({"parent": parent} if parent else {})}
+        return self._call("POST", "/api/snapshots", params=params, content=pack_folder(folder))
+
+    def download_snapshot(self, sha: str, dest: str | Path) -> Path:
+        data = self._call("GET", f"/api/snapshots/{sha}")
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(dest, filter="data")
+        return dest
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/snapshots")
+
+    # forum
+    def post(self, kind: str, title: str, body: str, metrics: dict[str, Any] | None = None, **links: Any) -> dict[str, Any]:
+        payload = {"kind": kind, "title": title, "body": body, "metrics": metrics, **links}
+        return self._call("POST", "/api/posts", json={k: v for k, v in payload.items() if v is not None})
+
+    def posts(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/posts", params={"limit": limit, **({"kind": kind} if kind else {})})
+
+    def get_post(self, post_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/api/posts/{post_id}")
+
+    def search(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/posts/search", params={"q": query, "limit": limit})
+
+    def comment(self, post_id: int, body: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/posts/{post_id}/comments", json={"body": body})
+
+    def vote(self, post_id: int, value: int = 1) -> dict[str, Any]:
+        return self._call("POST", f"/api/posts/{post_id}/vote", json={"value": value})
+
+
+def pack_folder(folder: str | Path) -> bytes:
+    """A deterministic tar.gz of the regular files under ``folder`` (relative paths)."""
+    folder = Path(folder)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+            rel = path.relative_to(folder)
+            if "__pycache__" in rel.parts:
+                continue
+            info = tar.gettarinfo(str(path), arcname=str(rel))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            with path.open("rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
