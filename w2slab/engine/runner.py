@@ -59,6 +59,22 @@ class Baselines:
         return float(np.mean(self.ceiling_acc) - np.mean(self.weak_acc))
 
 
+def cached_baselines(exp: Experiment, seeds: Sequence[int]) -> Baselines | None:
+    """The baselines if every seed is already in the cache (no training), else None."""
+    from w2slab.engine import cache
+    from w2slab.engine.stats import accuracy
+
+    labels = load_testbed(exp.testbed).test.labels
+    accs: dict[str, list[float]] = {"weak": [], "ceiling": []}
+    for role in accs:
+        for s in seeds:
+            hit = cache.load(role, exp.key(role, s))  # type: ignore[arg-type]
+            if hit is None:
+                return None
+            accs[role].append(accuracy(hit["test_probs"], labels))
+    return Baselines(list(seeds), accs["weak"], accs["ceiling"])
+
+
 def compute_baselines(
     exp: Experiment, seeds: Sequence[int], executor: str = "local", workers: int | None = None, quiet: bool = False
 ) -> Baselines:
