@@ -58,6 +58,9 @@ def _glove() -> EncodeFn:
 def _sentence_transformer(path: str) -> EncodeFn:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     model = SentenceTransformer(path, device="cpu")
     return lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True).astype(np.float32)
