@@ -245,36 +245,26 @@ def predict(
 @app.command()
 @user_errors
 def demo(
-    testbed: Annotated[str, typer.Option("--testbed", "-t", help="Testbed for the demo.")] = "tweets-pairs",
-    seeds: SeedsOpt = DEFAULT_SEEDS,
-    workers: WorkersOpt = None,
+    testbed: Annotated[Optional[str], typer.Option("--testbed", "-t", help="Built-in testbed (default: tweets-pairs).")] = None,
+    researchers: Annotated[int, typer.Option("--researchers", "-n", help="Offline researchers in parallel.")] = 2,
+    minutes: Annotated[float, typer.Option("--minutes", help="How long the researchers work.")] = 4.0,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where workspaces, transcripts and status go (default runs/demo-research).")] = None,
+    serve_after: Annotated[bool, typer.Option("--serve-after", help="Keep the grader and dashboard running afterwards (Ctrl-C stops).")] = False,
+    unsafe_no_sandbox: Annotated[bool, typer.Option("--unsafe-no-sandbox", help="Run experiments without bubblewrap (debugging only).")] = False,
 ) -> None:
-    """The main job on the embedded default: baselines, then every built-in method, offline on CPU."""
-    from w2slab.engine.pipeline import Experiment
-    from w2slab.engine.runner import compute_baselines, run_method_over_seeds, write_result
-    from w2slab.methods import list_methods
+    """The main job on the embedded default: a grader plus offline researchers on a built-in
+    testbed, offline on CPU; ends with best PGR vs naive, experiments, findings, dashboard address."""
+    from w2slab.researchers.launcher import run_demo
 
-    seed_list = parse_seeds(seeds)
-    exp = Experiment.create(testbed)
-    console.print(f"[bold]w2slab demo[/]: {exp.testbed}, weak {exp.weak.model} -> strong {exp.strong.model}, seeds {seeds}")
-    base = compute_baselines(exp, seed_list, workers=workers)
-    console.print(f"weak {sum(base.weak_acc) / len(seed_list):.3f}   ceiling {sum(base.ceiling_acc) / len(seed_list):.3f}")
-    table = Table(title=f"W2S methods on {exp.testbed} ({len(seed_list)} seeds)")
-    for col in ("method", "transfer acc", "PGR", "95% CI"):
-        table.add_column(col, justify="right")
-    for name in list_methods():
-        res = run_method_over_seeds(exp, name, seed_list, workers=workers)
-        write_result(res, Path("runs") / "demo" / f"{name}-{exp.testbed}.json")
-        s = res.summary
-        table.add_row(name, _fmt(s.transfer_acc), _fmt(s.pgr, 2), f"[{_fmt(s.pgr_ci[0], 2)}, {_fmt(s.pgr_ci[1], 2)}]")
-    console.print(table)
-    console.print("results written to runs/demo/")
+    run_demo(testbed, researchers, minutes, workdir, unsafe_no_sandbox, serve_after)
 
 
 def _mount_subcommands() -> None:
     from w2slab.grader.cli import app as grader_app
+    from w2slab.researchers.cli import app as research_app
 
     app.add_typer(grader_app)
+    app.add_typer(research_app)
 
 
 _mount_subcommands()

@@ -106,6 +106,24 @@ class GraderClient:
     def vote(self, post_id: int, value: int = 1) -> dict[str, Any]:
         return self._call("POST", f"/api/posts/{post_id}/vote", json={"value": value})
 
+    def submissions(self, testbed: str | None = None, researcher: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in {"testbed": testbed, "researcher": researcher}.items() if v}
+        return self._call("GET", "/api/submissions", params=params)
+
+    # operator (admin token)
+    def add_researcher(self, name: str) -> dict[str, Any]:
+        """Admin: register a researcher; returns ``{id, name, token}`` (the token is shown once)."""
+        return self._call("POST", "/api/admin/researchers", json={"name": name})
+
+    def researchers(self) -> list[dict[str, Any]]:
+        """Admin: every researcher with their evaluations, submissions and posts."""
+        return self._call("GET", "/api/admin/researchers")
+
+    def audit(self, researcher: str | None = None, kind: str | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Admin: the audit log (evaluations and submissions), newest first."""
+        params = {"limit": limit, **{k: v for k, v in {"researcher": researcher, "kind": kind}.items() if v}}
+        return self._call("GET", "/api/admin/audit", params=params)
+
 
 def pack_folder(folder: str | Path) -> bytes:
     """A deterministic tar.gz of the regular files under ``folder`` (relative paths)."""

