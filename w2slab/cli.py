@@ -261,10 +261,12 @@ def demo(
 
 def _mount_subcommands() -> None:
     from w2slab.grader.cli import app as grader_app
+    from w2slab.integrity.cli import app as integrity_app
     from w2slab.researchers.cli import app as research_app
 
     app.add_typer(grader_app)
     app.add_typer(research_app)
+    app.add_typer(integrity_app)
 
 
 _mount_subcommands()

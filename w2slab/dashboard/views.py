@@ -64,9 +64,13 @@ def viewer(request: Request) -> None:
     raise LoginRequired()
 
 
+HIGH_FLAGS = {"irreproducible", "teacher-free", "constant-predictions", "label-access", "probe-single-flips", "probe-coordinated",
+              "probe-submissions"}
+
+
 def _page(request: Request, name: str, **ctx: Any) -> HTMLResponse:
     state = _state(request)
-    return templates.TemplateResponse(request, name, {"testbeds": sorted(state.scorers), **ctx})
+    return templates.TemplateResponse(request, name, {"testbeds": sorted(state.scorers), "high_flags": HIGH_FLAGS, **ctx})
 
 
 def chart_traces(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -100,20 +104,21 @@ def dashboard_router() -> APIRouter:
         state = _state(request)
         name = testbed or sorted(state.scorers)[0]
         sc = state.scorer(name)
-        rows = grader.leaderboard(state.engine, sc.name)
+        rows = grader.leaderboard(state.engine, sc.name, full=True)
         base = {"weak": sum(sc.weak_final) / len(sc.weak_final), "ceiling": sum(sc.ceiling_final) / len(sc.ceiling_final)}
         return _page(request, "leaderboard.html", current=sc.name, rows=rows, base=base, seeds=sc.seeds,
-                     traces=json.dumps(chart_traces(rows)))
+                     teacher_free=grader.teacher_free_board(state.engine, sc.name, full=True), traces=json.dumps(chart_traces(rows)))
 
     @router.get("/forum", dependencies=guard)
     def forum_page(request: Request, q: str = "", kind: str = "") -> HTMLResponse:
         engine = _state(request).engine
         if q.strip():
-            posts = [p for p in forum.search_posts(engine, q, limit=100) if not kind or p["kind"] == kind]
+            posts = [p for p in forum.search_posts(engine, q, limit=100, include_audit=kind == forum.AUDIT_KIND)
+                     if not kind or p["kind"] == kind]
         else:
             posts = forum.list_posts(engine, kind or None, limit=100)
         name = "_posts.html" if request.headers.get("HX-Request") else "forum.html"
-        return _page(request, name, posts=posts, q=q, kind=kind, kinds=forum.PostKind.__args__)
+        return _page(request, name, posts=posts, q=q, kind=kind, kinds=forum.ListKind.__args__)
 
     @router.get("/forum/{post_id}", dependencies=guard)
     def post_page(request: Request, post_id: int) -> HTMLResponse:
@@ -128,6 +133,13 @@ def dashboard_router() -> APIRouter:
         rows = grader.submissions(_state(request).engine, testbed or None, researcher or None)
         return _page(request, "submissions.html", rows=rows, testbed=testbed, researcher=researcher)
 
+    @router.get("/submissions/{sid}", dependencies=guard)
+    def submission_page(request: Request, sid: int) -> HTMLResponse:
+        s = grader.submission_detail(_state(request).engine, sid, full=True)
+        if s is None:
+            raise HTTPException(404, f"no submission {sid}")
+        return _page(request, "submission.html", s=s)
+
     @router.get("/snapshots", dependencies=guard)
     def snapshots_page(request: Request) -> HTMLResponse:
         return _page(request, "snapshots.html", rows=grader.snapshots(_state(request).engine))
@@ -140,7 +152,16 @@ def dashboard_router() -> APIRouter:
 
     @router.get("/researchers", dependencies=guard)
     def researchers_page(request: Request) -> HTMLResponse:
-        return _page(request, "researchers.html", rows=grader.researcher_usage(_state(request)))
+        from w2slab.integrity.probes import all_flags
+
+        state = _state(request)
+        flags = all_flags(state.engine, state.thresholds)
+        kinds: dict[str, list[str]] = {}
+        for f in flags:
+            kinds.setdefault(f["researcher"], [])
+            if f["kind"] not in kinds[f["researcher"]]:
+                kinds[f["researcher"]].append(f["kind"])
+        return _page(request, "researchers.html", rows=grader.researcher_usage(state), flags=flags, flag_kinds=kinds)
 
     @router.get("/login")
     def login_form(request: Request, next: str = "/leaderboard", error: str = "") -> HTMLResponse:

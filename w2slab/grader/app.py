@@ -29,9 +29,12 @@ from w2slab.grader import forum
 from w2slab.grader.auth import AuthMiddleware, Authenticator, Principal, admin, create_researcher
 from w2slab.grader.auth import load_admin_token, load_server_secret, principal, researcher
 from w2slab.grader.codestore import SHA_RE, ArchiveError, CodeStore, check_archive
-from w2slab.grader.db import Audit, Researcher, Snapshot, Submission, dumps, make_engine, migrate, now
+from w2slab.grader.db import Audit, Researcher, Snapshot, Submission, SubmissionCheck, dumps, make_engine, migrate, now
+from w2slab.grader.db import Flag as Flag_
 from w2slab.grader.db import read_session, write_session
 from w2slab.grader.scoring import PredictionError, Scorer, load_scorer, parse_predictions
+from w2slab.integrity.guard import FeedbackGuard
+from w2slab.integrity.probes import ProbeThresholds, all_flags, upsert_flag
 
 SETTINGS_ENV = "W2SLAB_GRADER_SETTINGS"
 
@@ -55,6 +58,17 @@ class Settings(BaseModel):
     max_archive_members: int = 10_000
     baseline_workers: int | None = None
     dashboard_open_on_loopback: bool = True
+    # research integrity (w2slab.integrity): dev-feedback hardening, probe detection, audits
+    dev_noise: float = Field(1.0, ge=0, description="dev-answer noise, in multiples of the dev accuracy's sampling error (0: off)")
+    dev_reuse_radius: int | None = Field(None, ge=0, description="rows; None: max(2, 1% of dev rows); 0: off")
+    submit_dup_radius: int | None = Field(None, ge=0, description="refuse submissions 1..N rows from an earlier one; None: auto; 0: off")
+    audits: bool = True
+    audit_workers: int = Field(1, ge=0)
+    audit_seeds: int = Field(2, ge=1, description="seeds for the teacher-dependence and generalisation re-runs")
+    audit_wall_seconds: float = 1800.0
+    probe_flip_min: int = 5
+    probe_near_min: int = 10
+    probe_coord_min: int = 5
 
 
 @dataclass
@@ -65,6 +79,14 @@ class GraderState:
     scorers: dict[str, Scorer]
     store: CodeStore
     dashboard_key: str  # the dashboard login cookie's value
+    secret: bytes = b""
+    guard: FeedbackGuard | None = None
+    auditor: Any = None  # w2slab.integrity.audit.Auditor, started with the app
+
+    @property
+    def thresholds(self) -> ProbeThresholds:
+        st = self.settings
+        return ProbeThresholds(st.probe_flip_min, st.probe_near_min, st.probe_coord_min)
 
     def scorer(self, name: str) -> Scorer:
         if name not in self.scorers:
@@ -72,8 +94,9 @@ class GraderState:
         return self.scorers[name]
 
 
-def prepare(settings: Settings) -> GraderState:
-    """Migrate the database, load the secrets and every testbed's baselines."""
+def prepare(settings: Settings, recover: bool = True) -> GraderState:
+    """Migrate the database, load the secrets and every testbed's baselines; with ``recover``,
+    audits cut short by a stop are queued again (only one process should do that)."""
     engine = make_engine(settings.db_url)
     migrate(engine)
     admin_token = load_admin_token()
@@ -86,8 +109,24 @@ def prepare(settings: Settings) -> GraderState:
             raise ValueError(f"two testbeds are both called '{sc.name}': name one NAME=FOLDER")
         scorers[sc.name] = sc
     dash = hashlib.sha256(f"dashboard:{admin_token}".encode()).hexdigest()
+    if recover:
+        with write_session(engine) as s:
+            s.exec(update(SubmissionCheck).where(col(SubmissionCheck.status) == "running").values(status="queued"))
+            s.commit()
+    guard = FeedbackGuard(secret, settings.dev_noise, settings.dev_reuse_radius, settings.submit_dup_radius)
     return GraderState(settings, engine, Authenticator(engine, admin_token), scorers,
-                       CodeStore(paths.home() / "grader" / "snapshots"), dash)
+                       CodeStore(paths.home() / "grader" / "snapshots"), dash, secret, guard)
+
+
+def start_auditor(state: GraderState) -> None:
+    if not state.settings.audits or state.settings.audit_workers <= 0 or state.auditor is not None:
+        return
+    from w2slab.integrity.audit import AuditSettings, Auditor
+
+    st = state.settings
+    state.auditor = Auditor(state, AuditSettings(workers=st.audit_workers, audit_seeds=st.audit_seeds,
+                                                 wall_seconds=st.audit_wall_seconds))
+    state.auditor.start()
 
 
 # ---------------------------------------------------------------- request bodies
@@ -124,11 +163,14 @@ def sha_of(value: Any) -> str:
 
 
 def charge(
-    state: GraderState, who: Principal, kind: str, testbed: str, pred_sha: str, score: dict[str, Any],
-    add: Callable[[Session], Any] | None = None,
+    state: GraderState, who: Principal, kind: str, testbed: str, pred_sha: str, score: dict[str, Any] | Callable[..., dict[str, Any]],
+    add: Callable[[Session], Any] | None = None, after: Callable[[Session, Audit, Any], None] | None = None,
 ) -> tuple[int, int, int, Any]:
     """Check and spend one unit of this researcher's budget for ``kind``, record the audit row
-    (and whatever ``add`` writes) in the same transaction. Returns audit id, hour left, total left, add's value."""
+    (and whatever ``add`` writes) in the same transaction. ``score`` may be ``f(session, extra)``,
+    computed inside the transaction; ``after(session, audit, extra)`` runs once the audit row has
+    its id. Returns audit id, hour left, total left, and ``add``'s value (or the score, when
+    ``score`` is computed and nothing is added)."""
     st = state.settings
     per_hour, total = (st.eval_per_hour, st.eval_total) if kind == "evaluate" else (st.submit_per_hour, st.submit_total)
     counter = Researcher.evaluations if kind == "evaluate" else Researcher.submissions
@@ -145,42 +187,108 @@ def charge(
                                 headers={"Retry-After": str(wait)})
         s.exec(update(Researcher).where(col(Researcher.id) == who.id).values({counter: counter + 1}))
         extra = add(s) if add else None
+        computed = callable(score)
+        if callable(score):
+            score = score(s, extra)
         if isinstance(extra, Submission):
             s.flush()
             score = {"submission_id": extra.id, **score}
         a = Audit(researcher_id=who.id, kind=kind, testbed=testbed, predictions_sha256=pred_sha, score=dumps(score), created_at=t)
         s.add(a)
+        if after:
+            s.flush()
+            after(s, a, extra)
         s.commit()
-        return a.id or 0, per_hour - n - 1, total - used - 1, extra
+        return a.id or 0, per_hour - n - 1, total - used - 1, (score if computed and add is None else extra)
 
 
-def leaderboard(engine: Engine, testbed: str) -> list[dict[str, Any]]:
-    """Every submission on a testbed, best final-set PGR first."""
+def _with_checks(q: Any) -> Any:
+    """Join each submission's audit (without loading the stored predictions)."""
+    from sqlalchemy.orm import defer
+
+    return (q.join(SubmissionCheck, col(SubmissionCheck.submission_id) == col(Submission.id), isouter=True)
+            .options(defer(SubmissionCheck.predictions)))  # type: ignore[arg-type]
+
+
+def leaderboard(engine: Engine, testbed: str, full: bool = False) -> list[dict[str, Any]]:
+    """The W2S board of a testbed, best final-set PGR first: every submission that the audit did
+    not find teacher-free (see :func:`teacher_free_board`)."""
+    return [r for r in _boards(engine, testbed, full) if not r["teacher_free"]]
+
+
+def teacher_free_board(engine: Engine, testbed: str, full: bool = False) -> list[dict[str, Any]]:
+    """Submissions whose score survives without the weak teacher: shown apart, not ranked with W2S methods."""
+    return [r for r in _boards(engine, testbed, full) if r["teacher_free"]]
+
+
+def _boards(engine: Engine, testbed: str, full: bool) -> list[dict[str, Any]]:
     with read_session(engine) as s:
-        rows = s.exec(select(Submission, Researcher.name).join(Researcher, col(Submission.researcher_id) == col(Researcher.id))
+        rows = s.exec(_with_checks(select(Submission, Researcher.name, SubmissionCheck)
+                                   .join(Researcher, col(Submission.researcher_id) == col(Researcher.id)))
                       .where(Submission.testbed == testbed)).all()
     rows = sorted(rows, key=lambda r: (r[0].pgr is None, -(r[0].pgr or 0), r[0].created_at))
-    return [dict(submission_dict(sub, name), rank=i + 1) for i, (sub, name) in enumerate(rows)]
+    out, rank = [], {True: 0, False: 0}
+    for sub, name, check in rows:
+        d = submission_dict(sub, name, check, full)
+        rank[d["teacher_free"]] += 1
+        out.append(dict(d, rank=rank[d["teacher_free"]]))
+    return out
 
 
-def submission_dict(sub: Submission, name: str) -> dict[str, Any]:
-    return {
+def audit_summary(check: SubmissionCheck | None, full: bool = False) -> dict[str, Any]:
+    """The audit of a submission as researchers see it (``full``: with every number, for the operator)."""
+    if check is None:
+        return {"status": "none", "flags": [], "teacher_free": False}
+    result = json.loads(check.result or "{}")
+    out: dict[str, Any] = {"status": "auditing" if check.status in ("queued", "running") else check.status,
+                           "flags": json.loads(check.flags), "teacher_free": check.teacher_free, "post_id": check.post_id,
+                           "finished_at": check.finished_at, "public": result.get("public", {}),
+                           "flag_details": [{k: f[k] for k in ("kind", "severity", "message")} for f in result.get("flags", [])]}
+    if full:
+        out["checks"] = result.get("checks", {})
+        out["flag_details"] = result.get("flags", [])
+    return out
+
+
+def submission_dict(sub: Submission, name: str, check: SubmissionCheck | None = None, full: bool = False) -> dict[str, Any]:
+    audit = audit_summary(check, full)
+    out = {
         "id": sub.id, "researcher": name, "testbed": sub.testbed, "method_name": sub.method_name,
         "snapshot_sha256": sub.snapshot_sha256, "created_at": sub.created_at, "pgr": r3(sub.pgr),
         "pgr_ci": [r3(sub.pgr_lo), r3(sub.pgr_hi)], "pgr_se": r3(sub.pgr_se), "transfer_acc": r3(sub.transfer_acc),
         "weak_acc": r3(sub.weak_acc), "ceiling_acc": r3(sub.ceiling_acc), "n_seeds": len(json.loads(sub.seeds)),
+        "audit": audit["status"], "flags": audit["flags"], "teacher_free": audit["teacher_free"],
     }
+    if full:
+        out["per_seed"] = json.loads(sub.per_seed)
+        out["audit_detail"] = audit
+    return out
 
 
-def submissions(engine: Engine, testbed: str | None = None, researcher: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+def submissions(engine: Engine, testbed: str | None = None, researcher: str | None = None, limit: int = 200,
+                full: bool = False) -> list[dict[str, Any]]:
     with read_session(engine) as s:
-        q = select(Submission, Researcher.name).join(Researcher, col(Submission.researcher_id) == col(Researcher.id))
+        q = _with_checks(select(Submission, Researcher.name, SubmissionCheck)
+                         .join(Researcher, col(Submission.researcher_id) == col(Researcher.id)))
         if testbed:
             q = q.where(Submission.testbed == testbed)
         if researcher:
             q = q.where(Researcher.name == researcher)
         rows = s.exec(q.order_by(col(Submission.created_at).desc()).limit(limit)).all()
-    return [submission_dict(sub, name) for sub, name in rows]
+    return [submission_dict(sub, name, check, full) for sub, name, check in rows]
+
+
+def submission_detail(engine: Engine, sid: int, full: bool = False) -> dict[str, Any] | None:
+    with read_session(engine) as s:
+        row = s.exec(_with_checks(select(Submission, Researcher.name, SubmissionCheck)
+                                  .join(Researcher, col(Submission.researcher_id) == col(Researcher.id)))
+                     .where(Submission.id == sid)).first()
+    if row is None:
+        return None
+    sub, name, check = row
+    out = submission_dict(sub, name, check, full)
+    out["audit_detail"] = audit_summary(check, full)
+    return out
 
 
 def snapshots(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
@@ -253,8 +361,20 @@ def api_router() -> APIRouter:
     def evaluate(body: EvaluateIn, request: Request, response: Response, who: Principal = Depends(researcher)) -> dict[str, Any]:
         state = st(request)
         sc = state.scorer(body.testbed)
-        result = sc.evaluate(parse_predictions(body.predictions, sc.n_test))
-        audit_id, hour_left, total_left, _ = charge(state, who, "evaluate", sc.name, sha_of(body.predictions), result)
+        p1 = parse_predictions(body.predictions, sc.n_test)
+        assert state.guard is not None
+        box: dict[str, Any] = {}
+
+        def answer(s: Session, _: Any) -> dict[str, Any]:
+            box["answer"], box["fp"] = state.guard.evaluate(s, who.id or 0, sc, p1)  # type: ignore[union-attr]
+            return box["answer"]
+
+        def link(s: Session, a: Audit, _: Any) -> None:
+            box["fp"].audit_id = a.id
+            s.add(box["fp"])
+
+        audit_id, hour_left, total_left, result = charge(state, who, "evaluate", sc.name, sha_of(body.predictions), answer,
+                                                         after=link)
         response.headers.update({"X-Audit-Id": str(audit_id), "X-Budget-Hour-Left": str(hour_left),
                                  "X-Budget-Total-Left": str(total_left)})
         return result
@@ -277,6 +397,12 @@ def api_router() -> APIRouter:
         probs = {s: parse_predictions(given[s], sc.n_test, f"predictions[{s}]") for s in sc.seeds}
         if not SHA_RE.match(body.snapshot_sha256):
             raise PredictionError("snapshot_sha256 must be 64 lowercase hex characters")
+        assert state.guard is not None
+        hard_by_seed = [probs[s_] > 0.5 for s_ in sc.seeds]
+        with read_session(state.engine) as s:
+            dup = state.guard.near_duplicate(s, sc, hard_by_seed)
+        if dup is not None:
+            _refuse_near_duplicate(state, who, sc.name, *dup)
         summary = sc.submit(probs)
         out = {"testbed": sc.name, "pgr": r3(summary.pgr), "pgr_ci": [r3(summary.pgr_ci[0]), r3(summary.pgr_ci[1])],
                "pgr_se": r3(summary.pgr_se), "transfer_acc": r3(summary.transfer_acc), "weak_acc": r3(summary.weak_acc),
@@ -293,11 +419,26 @@ def api_router() -> APIRouter:
                 ceiling_acc=summary.ceiling_acc, predictions_sha256=sha_of(body.predictions),
                 per_seed=dumps([{"seed": s_, "pgr": nan(p)} for s_, p in zip(sc.seeds, summary.per_seed_pgr)]))
             s.add(sub)
+            s.flush()
+            from w2slab.integrity.audit import pack_predictions
+
+            s.add(SubmissionCheck(submission_id=sub.id or 0, status="queued" if state.settings.audits else "skipped",
+                                  predictions=pack_predictions(probs)))
+            box["fp"] = state.guard.submit_fingerprint(s, who.id or 0, sc, hard_by_seed)  # type: ignore[union-attr]
             return sub
 
-        audit_id, _, _, sub = charge(state, who, "submit", sc.name, sha_of(body.predictions), out, add)
+        box: dict[str, Any] = {}
+
+        def link(s: Session, a: Audit, _: Any) -> None:
+            box["fp"].audit_id = a.id
+            s.add(box["fp"])
+
+        audit_id, _, _, sub = charge(state, who, "submit", sc.name, sha_of(body.predictions), out, add, after=link)
         response.headers["X-Audit-Id"] = str(audit_id)
-        return {"id": sub.id, **out}
+        if state.auditor is not None:
+            state.auditor.poke()
+        return {"id": sub.id, **out, "status": "auditing" if state.settings.audits else "not audited",
+                "audit_url": f"/api/submissions/{sub.id}/audit"}
 
     @api.get("/leaderboard")
     def get_leaderboard(request: Request, testbed: str) -> dict[str, Any]:
@@ -306,12 +447,21 @@ def api_router() -> APIRouter:
         import numpy as np
 
         return {"testbed": sc.name, "weak_acc": r3(float(np.mean(sc.weak_final))),
-                "ceiling_acc": r3(float(np.mean(sc.ceiling_final))), "rows": leaderboard(state.engine, sc.name)}
+                "ceiling_acc": r3(float(np.mean(sc.ceiling_final))), "rows": leaderboard(state.engine, sc.name),
+                "teacher_free": teacher_free_board(state.engine, sc.name)}
 
     @api.get("/submissions")
     def list_submissions(request: Request, testbed: str | None = None, researcher: str | None = None,
                          limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
         return submissions(st(request).engine, testbed, researcher, limit)
+
+    @api.get("/submissions/{sid}/audit")
+    def get_submission_audit(sid: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+        """The audit of a submission: status, flags and coarse numbers (everything for the admin)."""
+        d = submission_detail(st(request).engine, sid, full=who.admin)
+        if d is None:
+            raise HTTPException(404, f"no submission {sid}")
+        return {"submission_id": sid, "testbed": d["testbed"], "researcher": d["researcher"], **d["audit_detail"]}
 
     # ---- code store
     @api.post("/snapshots")
@@ -359,7 +509,7 @@ def api_router() -> APIRouter:
         return forum.post_dict(post, who.name)
 
     @api.get("/posts")
-    def list_posts(request: Request, kind: forum.PostKind | None = None, limit: int = Query(50, ge=1, le=500),
+    def list_posts(request: Request, kind: forum.ListKind | None = None, limit: int = Query(50, ge=1, le=500),
                    offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
         return forum.list_posts(st(request).engine, kind, limit, offset)
 
@@ -395,12 +545,50 @@ def api_router() -> APIRouter:
     def list_researchers(request: Request, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
         return researcher_usage(st(request))
 
+    @api.get("/admin/flags")
+    def get_flags(request: Request, researcher: str | None = None, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
+        """Research-integrity flags: submission audits, refused requests and live probe detection."""
+        state = st(request)
+        return all_flags(state.engine, state.thresholds, researcher)
+
+    @api.get("/admin/submissions/{sid}")
+    def get_submission_full(sid: int, request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+        d = submission_detail(st(request).engine, sid, full=True)
+        if d is None:
+            raise HTTPException(404, f"no submission {sid}")
+        return d
+
     @api.get("/admin/audit")
     def get_audit(request: Request, limit: int = Query(200, ge=1, le=10_000), researcher: str | None = None,
                   kind: str | None = None, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
         return audit_log(st(request).engine, limit, researcher, kind)
 
     return api
+
+
+def _refuse_near_duplicate(state: GraderState, who: Principal, testbed: str, fp_id: int, distance: int) -> None:
+    """409 for a submission that differs from an earlier one in only a few final-half rows (it
+    could only serve to probe final labels); the attempt is recorded as a flag."""
+    from w2slab.grader.db import Fingerprint
+
+    with write_session(state.engine) as s:
+        earlier = s.get(Fingerprint, fp_id)
+        sub_id = None
+        if earlier is not None and earlier.audit_id is not None:
+            a = s.get(Audit, earlier.audit_id)
+            sub_id = json.loads(a.score).get("submission_id") if a else None
+        mine = earlier is not None and earlier.researcher_id == who.id
+        key = f"submit-near-duplicate:{testbed}:{who.id}"
+        old = s.exec(select(Flag_).where(Flag_.key == key)).first()
+        count = (json.loads(old.evidence).get("attempts", 0) if old else 0) + 1
+        upsert_flag(s, key, researcher_id=who.id, testbed=testbed, kind="probe-submissions", severity="high",
+                    message=f"{count} submission(s) refused for differing from an earlier submission (#{sub_id}) in only "
+                            f"{distance} final-half row(s): probing the final labels",
+                    evidence={"attempts": count, "nearest_submission": sub_id, "distance": distance, "own": mine})
+        s.commit()
+    raise HTTPException(409, f"refused: these predictions differ from {'your' if mine else 'an'} earlier submission (#{sub_id}) in only "
+                             f"{distance} final-half row(s) over all seeds; near-identical resubmissions are refused because they "
+                             "could only probe the final labels (submit identical predictions, or a genuinely different method)")
 
 
 def _snapshot_or_404(state: GraderState, sha: str) -> dict[str, Any]:
@@ -460,14 +648,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
 
-def create_app(settings: Settings, state: GraderState | None = None) -> FastAPI:
-    """The grader app; ``state`` (from :func:`prepare`) is built at start-up when not given."""
+def create_app(settings: Settings, state: GraderState | None = None, recover: bool = True) -> FastAPI:
+    """The grader app; ``state`` (from :func:`prepare`) is built at start-up when not given.
+    Submission audits run in background threads started with the app."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "grader", None) is None:
-            app.state.grader = await run_in_threadpool(prepare, settings)
+            app.state.grader = await run_in_threadpool(prepare, settings, recover)
+        start_auditor(app.state.grader)
         yield
+        if app.state.grader.auditor is not None:
+            app.state.grader.auditor.stop()
         app.state.grader.engine.dispose()
 
     app = FastAPI(title="w2slab grader", lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json")
@@ -488,5 +680,5 @@ def create_app(settings: Settings, state: GraderState | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: settings come as JSON in ``W2SLAB_GRADER_SETTINGS``."""
-    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]), recover=False)
 

@@ -54,6 +54,12 @@ def serve(
     max_unpacked_mb: Annotated[float, typer.Option("--max-unpacked-mb", help="Snapshot size cap, uncompressed.")] = 50.0,
     baseline_workers: Annotated[Optional[int], typer.Option("--baseline-workers", help="Processes for computing baselines.")] = None,
     dashboard_login: Annotated[bool, typer.Option("--dashboard-login", help="Require the admin-token login even on loopback.")] = False,
+    dev_noise: Annotated[float, typer.Option("--dev-noise", help="Dev-answer noise in multiples of the dev accuracy's sampling error (0: off).")] = 1.0,
+    dev_reuse_radius: Annotated[Optional[int], typer.Option("--dev-reuse-radius", help="Answer vectors within N dev rows of an earlier one with its answer (default: max(2, 1%); 0: off).")] = None,
+    submit_dup_radius: Annotated[Optional[int], typer.Option("--submit-dup-radius", help="Refuse submissions 1..N final rows from an earlier one (default: auto; 0: off).")] = None,
+    audits: Annotated[bool, typer.Option("--audits/--no-audits", help="Audit every submission in the sandbox (re-run, teacher dependence, label access, generalisation).")] = True,
+    audit_workers: Annotated[int, typer.Option("--audit-workers", help="Audit threads per server process.")] = 1,
+    audit_seeds: Annotated[int, typer.Option("--audit-seeds", help="Seeds for the teacher-dependence and generalisation re-runs.")] = 2,
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
 ) -> None:
     """Run the grader: compute or load baselines, migrate the database, then serve the API and dashboard."""
@@ -70,7 +76,8 @@ def serve(
             db_url=db, eval_per_hour=eval_per_hour, eval_total=eval_total, submit_per_hour=submit_per_hour,
             submit_total=submit_total, max_archive_bytes=int(max_archive_mb * 2**20),
             max_unpacked_bytes=int(max_unpacked_mb * 2**20), baseline_workers=baseline_workers,
-            dashboard_open_on_loopback=not dashboard_login,
+            dashboard_open_on_loopback=not dashboard_login, dev_noise=dev_noise, dev_reuse_radius=dev_reuse_radius,
+            submit_dup_radius=submit_dup_radius, audits=audits, audit_workers=audit_workers, audit_seeds=audit_seeds,
         )
         start = time.perf_counter()
         state = prepare(settings)  # once here, so workers start from the cache and a migrated database
@@ -130,14 +137,24 @@ def audit(
     researcher: Annotated[Optional[str], typer.Option("--researcher", "-r")] = None,
     kind: Annotated[Optional[str], typer.Option("--kind", help="evaluate or submit")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    flags_only: Annotated[bool, typer.Option("--flags", help="Only the research-integrity flags.")] = False,
 ) -> None:
-    """The audit log: every evaluation and submission (who, when, sha256 of predictions, score)."""
+    """The audit log: every evaluation and submission (who, when, sha256 of predictions, score),
+    then the research-integrity flags (submission audits, refused requests, probe detection)."""
     from w2slab.grader.app import audit_log
+    from w2slab.integrity.probes import all_flags
 
-    rows = audit_log(_engine(db), limit, researcher, kind)
+    engine = _engine(db)
+    rows = [] if flags_only else audit_log(engine, limit, researcher, kind)
+    flags = all_flags(engine, researcher=researcher)
     if as_json:
         for row in rows:
             print(json.dumps(row))
+        for f in flags:
+            print(json.dumps({"flag": f}))
+        return
+    if flags_only:
+        _print_flags(flags)
         return
     table = Table(title="audit log (newest first)")
     for c in ("id", "when", "researcher", "kind", "testbed", "predictions sha256", "score"):
@@ -147,6 +164,23 @@ def audit(
         score = f"PGR {sc.get('pgr')}" + (f" {sc['pgr_ci']} (#{sc['submission_id']})" if "pgr_ci" in sc else f", acc {sc.get('transfer_acc')}")
         table.add_row(str(r["id"]), time.strftime("%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["researcher"],
                       r["kind"], r["testbed"], r["predictions_sha256"][:12], score)
+    console.print(table)
+    _print_flags(flags)
+
+
+def _print_flags(flags: list[dict]) -> None:
+    from rich.markup import escape
+
+    if not flags:
+        console.print("no research-integrity flags")
+        return
+    table = Table(title="research-integrity flags (newest first)")
+    for c in ("when", "researcher", "testbed", "submission", "flag", "severity", "message"):
+        table.add_column(c, overflow="fold")
+    for f in flags:
+        table.add_row(time.strftime("%m-%d %H:%M:%S", time.localtime(f["created_at"])), str(f["researcher"]), f["testbed"],
+                      f"#{f['submission_id']}" if f["submission_id"] else "", f["kind"],
+                      f"[red]{f['severity']}[/]" if f["severity"] == "high" else f["severity"], escape(f["message"]))
     console.print(table)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Index, UniqueConstraint, create_engine, event
+from sqlalchemy import Column, Engine, Index, LargeBinary, UniqueConstraint, create_engine, event
 from sqlmodel import Field, Session, SQLModel
 
 from w2slab import paths
@@ -108,6 +108,63 @@ class Vote(SQLModel, table=True):
     researcher_id: int = Field(foreign_key="researcher.id")
     value: int
     created_at: float = Field(default_factory=now)
+
+
+class Fingerprint(SQLModel, table=True):
+    """The hard prediction vector of one scored request, packed 8 rows per byte (``np.packbits``):
+    for ``evaluate`` the test rows in order; for ``submit`` every required seed's vector, one after
+    the other. Distances to earlier vectors on the same testbed are computed once, at insert, on the
+    rows that were scored (dev rows for evaluations, final rows for submissions): they drive the
+    dev-answer reuse and the probe detector (:mod:`w2slab.integrity.probes`)."""
+
+    __table_args__ = (Index("ix_fingerprint_scan", "testbed", "kind", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    audit_id: int | None = Field(default=None, foreign_key="audit.id", index=True)
+    researcher_id: int = Field(foreign_key="researcher.id", index=True)
+    testbed: str = Field(max_length=200)
+    kind: str = Field(max_length=16)  # evaluate | submit
+    created_at: float = Field(default_factory=now)
+    n_rows: int  # rows per vector
+    bits: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    anchor_id: int | None = None  # evaluate: the earlier fingerprint whose answer was reused
+    answer: str = "{}"  # evaluate: the JSON answer returned
+    nearest_own: int | None = None  # Hamming distance (scored rows) to this researcher's nearest earlier vector
+    nearest_own_id: int | None = None
+    nearest_other: int | None = None  # ... and to anyone else's
+    nearest_other_id: int | None = None
+    nearest_other_researcher_id: int | None = None
+    flipped: str = "[]"  # JSON: the test rows that differ from the nearest own vector, when at most a few
+
+
+class SubmissionCheck(SQLModel, table=True):
+    """The integrity audit of one submission (:mod:`w2slab.integrity.audit`)."""
+
+    submission_id: int = Field(primary_key=True, foreign_key="submission.id")
+    status: str = Field(default="queued", max_length=16, index=True)  # queued | running | done | error
+    created_at: float = Field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    predictions: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # gzip JSON {seed: [p1, ...]}
+    result: str = "{}"  # JSON: checks and evidence
+    teacher_free: bool = False
+    flags: str = "[]"  # JSON list of flag kinds
+    post_id: int | None = None  # the forum thread of the audit
+
+
+class Flag(SQLModel, table=True):
+    """A research-integrity flag raised by a submission audit or a refused request. (Probe flags
+    from the evaluation history are computed live, see :func:`w2slab.integrity.probes.probe_flags`.)"""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200, unique=True)  # one flag per key (re-raising updates it)
+    researcher_id: int | None = Field(default=None, foreign_key="researcher.id", index=True)
+    submission_id: int | None = Field(default=None, foreign_key="submission.id", index=True)
+    testbed: str = Field(default="", max_length=200)
+    kind: str = Field(max_length=40)
+    severity: str = Field(max_length=16)  # high | warning
+    message: str
+    evidence: str = "{}"  # JSON
+    created_at: float = Field(default_factory=now, index=True)
 
 
 def dumps(value: Any) -> str:

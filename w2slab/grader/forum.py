@@ -14,6 +14,8 @@ from sqlmodel import col, select
 from w2slab.grader.db import Comment, Post, Researcher, Snapshot, Submission, Vote, dumps, read_session, write_session
 
 PostKind = Literal["result", "hypothesis", "insight", "negative_result", "question"]
+AUDIT_KIND = "audit"  # threads of the system account about submission audits (w2slab.integrity.audit)
+ListKind = Literal["result", "hypothesis", "insight", "negative_result", "question", "audit"]
 
 
 class ForumError(ValueError):
@@ -78,10 +80,13 @@ def create_post(engine: Engine, author_id: int, data: PostIn) -> Post:
 
 
 def list_posts(engine: Engine, kind: str | None = None, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    """Posts, newest first; audit threads only when asked for (``kind="audit"``)."""
     with read_session(engine) as s:
         q = select(Post, Researcher.name).join(Researcher, col(Post.author_id) == col(Researcher.id))
         if kind:
             q = q.where(Post.kind == kind)
+        else:
+            q = q.where(Post.kind != AUDIT_KIND)
         rows = s.exec(q.order_by(col(Post.created_at).desc(), col(Post.id).desc()).offset(offset).limit(limit)).all()
     return [post_dict(p, name, body=False) for p, name in rows]
 
@@ -105,8 +110,8 @@ def fts_query(q: str) -> str:
     return " ".join(terms[:-1] + [terms[-1] + "*"]) if terms else ""
 
 
-def search_posts(engine: Engine, q: str, limit: int = 50) -> list[dict[str, Any]]:
-    """Posts matching ``q`` (title and body), best first."""
+def search_posts(engine: Engine, q: str, limit: int = 50, include_audit: bool = False) -> list[dict[str, Any]]:
+    """Posts matching ``q`` (title and body), best first (audit threads only with ``include_audit``)."""
     if not re.search(r"\w", q):
         return []
     with read_session(engine) as s:
@@ -122,7 +127,7 @@ def search_posts(engine: Engine, q: str, limit: int = 50) -> list[dict[str, Any]
             return []
         rows = s.exec(select(Post, Researcher.name).join(Researcher, col(Post.author_id) == col(Researcher.id))
                       .where(col(Post.id).in_(order))).all()
-    by_id = {p.id: post_dict(p, n, body=False) for p, n in rows}
+    by_id = {p.id: post_dict(p, n, body=False) for p, n in rows if include_audit or p.kind != AUDIT_KIND}
     return [by_id[i] for i in order if i in by_id]
 
 

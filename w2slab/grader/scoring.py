@@ -59,6 +59,7 @@ class Scorer:
     ceiling_final: list[float]
     seeds: list[int]  # required for submissions
     fingerprint: str
+    experiment: Any = None  # the engine Experiment (testbed, weak, strong): audits export kits from it
 
     @property
     def n_test(self) -> int:
@@ -69,7 +70,8 @@ class Scorer:
         return float(((p1[rows] > 0.5).astype(np.int64) == self.labels[rows]).mean())
 
     def evaluate(self, p1: np.ndarray) -> dict[str, float | None]:
-        """Dev-set PGR and transfer accuracy, rounded to 2 decimals: nothing else about labels."""
+        """Dev-set PGR and transfer accuracy, rounded to 2 decimals, WITHOUT the hardening of
+        ``POST /api/evaluate`` (keyed noise and answer reuse: :mod:`w2slab.integrity.feedback`)."""
         t = self.acc(p1, self.dev)
         g = pgr(t, self.weak_dev, self.ceiling_dev)
         return {"pgr": None if math.isnan(g) else round(g, 2), "transfer_acc": round(t, 2)}
@@ -119,6 +121,7 @@ def load_scorer(
         ceiling_final=[accs(p, final) for p in ceil_probs],
         seeds=list(fixed_seeds) if fixed_seeds else server_seeds(secret, fp, n_seeds),
         fingerprint=fp,
+        experiment=exp,
     )
 
 

@@ -1,0 +1,127 @@
+"""The red-team suite end to end: scripted adversarial researchers against a real grader server
+(subprocess, sandboxed audits) on a small secret testbed. Every attack must be caught (refused
+or flagged), none may recover labels beyond chance (one-sided binomial p >= 0.01), the honest
+control must stay clean; the flags show in the API, the CLI, the forum and (Playwright +
+Debian chromium) on the dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from w2slab.integrity.redteam import RedTeam, table_rows
+
+CHROMIUM = "/usr/bin/chromium"
+SEED = 15  # fixed data and attackers (their starting vectors are balanced, see RedTeam._base)
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory):
+    from w2slab.researchers.sandbox import find_bwrap
+
+    if find_bwrap() is None:
+        pytest.skip("no working bubblewrap: the audits need the sandbox")
+    team = RedTeam(tmp_path_factory.mktemp("redteam"), seed=SEED, eval_budget=200, coord_budget=80).start()
+    try:
+        team.run()
+        yield team
+    finally:
+        team.stop()
+
+
+def by_name(rt: RedTeam) -> dict:
+    return {r.name: r for r in rt.results}
+
+
+def test_every_attack_caught_and_nothing_recovered(rt: RedTeam) -> None:
+    table = "\n".join(" | ".join(row) for row in table_rows(rt.results))
+    print(table)
+    assert len(rt.results) == 10
+    for r in rt.results:
+        assert r.p_value >= 0.01, f"{r.name} recovered labels beyond chance:\n{table}"
+        assert r.caught == r.expect_caught, f"{r.name}: caught={r.caught}:\n{table}"
+    res = by_name(rt)
+    assert res["single-flip probe"].guessed >= 150 and res["coordinated probe"].guessed >= 100  # they really probed
+
+
+def test_each_attack_is_caught_by_the_right_check(rt: RedTeam) -> None:
+    res = by_name(rt)
+    assert "probe-single-flips" in res["single-flip probe"].caught_by
+    assert "probe-coordinated" in res["coordinated probe"].caught_by
+    assert {"constant-predictions", "teacher-free"} <= set(res["majority answer"].caught_by)
+    assert "teacher-free" in res["lexicon, no teacher"].caught_by
+    assert "irreproducible" in res["fake predictions"].caught_by
+    assert "label-access" in res["label files"].caught_by
+    assert "irreproducible" in res["seed cherry-picking"].caught_by
+    assert "probe-submissions" in res["final-set probe"].caught_by and any("409" in x for x in rt.refused["sam"])
+    assert res["path traversal"].caught and "accepted" not in res["path traversal"].notes
+
+
+def test_boards_threads_and_what_researchers_see(rt: RedTeam) -> None:
+    board = rt.admin.http.get("/api/leaderboard", params={"testbed": "toy"}).json()
+    ranked = {r["researcher"] for r in board["rows"]}
+    apart = {r["researcher"] for r in board["teacher_free"]}
+    assert {"tina", "connie"} <= apart and not {"tina", "connie"} & ranked and "henry" in ranked
+    henry = next(r for r in board["rows"] if r["researcher"] == "henry")
+    assert henry["audit"] == "done" and henry["flags"] == []
+    # a researcher sees the flags and coarse numbers of an audit, never the evidence
+    tina_id = rt.submissions["tina"][0]
+    seen = rt.clients["henry"].http.get(f"/api/submissions/{tina_id}/audit").json()
+    assert "teacher-free" in seen["flags"] and "checks" not in seen
+    assert all(v is None or v == round(v, 1) for v in seen["public"].values())
+    full = rt.admin.http.get(f"/api/admin/submissions/{tina_id}").json()["audit_detail"]
+    assert full["checks"]["teacher"]["teacher_free"] and full["checks"]["reproducibility"]["ok"]
+    assert "toy2" in full["checks"]["generalisation"] and len(full["checks"]["seeds"]["submitted_pgr"]) == 5
+    # the audit thread, posted by the system account
+    post = rt.clients["henry"].http.get(f"/api/posts/{seen['post_id']}").json()
+    assert post["author"] == "audit-bot" and "teacher-free" in post["title"] and post["submission_ids"] == [tina_id]
+    # the label-reader's code found nothing in the sandbox and its attempts are the evidence
+    lara = rt.admin.http.get(f"/api/admin/submissions/{rt.submissions['lara'][0]}").json()["audit_detail"]["checks"]
+    attempts = json.dumps(lara["label_access"])
+    assert str(rt.toy / "test.jsonl") in attempts and "network" in attempts
+    assert "found" not in json.dumps(lara.get("notes", {}))
+
+
+def test_flags_in_the_cli(rt: RedTeam) -> None:
+    env = dict(os.environ, W2SLAB_HOME=str(rt.home), COLUMNS="200")
+    res = subprocess.run([sys.executable, "-m", "w2slab.grader.cli", "audit", "--flags", "--db", f"sqlite:///{rt.workdir / 'grader.db'}"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for word in ("probe-single-flips", "probe-coordinated", "teacher-free", "label-access", "mallory", "lara"):
+        assert word in res.stdout
+    res = subprocess.run([sys.executable, "-m", "w2slab.integrity.cli", "flags", "--json", "-r", "tina",
+                          "--db", f"sqlite:///{rt.workdir / 'grader.db'}"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0 and {json.loads(x)["kind"] for x in res.stdout.splitlines()} >= {"teacher-free"}
+
+
+def test_dashboard_shows_the_flags_of_a_hacked_submission(rt: RedTeam) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found")
+    from playwright.sync_api import sync_playwright
+
+    fred = rt.submissions["fred"][0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"{rt.url}/leaderboard?testbed=toy")
+            assert "lexicon" in page.inner_text("#teacher-free") and "lexicon" not in page.inner_text("#leaderboard")
+            page.click(f"#leaderboard tr[data-submission='{fred}'] a")  # the faked submission's page
+            assert page.url.endswith(f"/submissions/{fred}")
+            flags = page.locator("#audit-flags tr[data-flag]")
+            assert "irreproducible" in flags.all_inner_texts()[0] or "irreproducible" in page.inner_text("#audit-flags")
+            assert "does not give the submitted predictions" in page.inner_text("#audit-flags")
+            assert "no" in page.inner_text("#seeds")  # per-seed reproducibility and PGR
+            assert "toy2" in page.inner_text("#generalisation")
+            page.goto(f"{rt.url}/researchers")
+            row = page.inner_text("tr[data-researcher='mallory']")
+            assert "probe-single-flips" in row
+            assert page.locator("#flags tr[data-flag='label-access']").count() >= 1
+        finally:
+            browser.close()

@@ -1,0 +1,186 @@
+"""The grader side of the hardened feedback: per-testbed histories of fingerprints (kept in
+memory, synced from the database inside each write transaction), dev answers with keyed noise
+and reuse, and the near-duplicate check on submissions."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from w2slab.engine.stats import pgr
+from w2slab.grader.db import Fingerprint, dumps
+from w2slab.integrity.feedback import default_radius, noisy_accuracy
+from w2slab.integrity.fingerprint import hamming, pack, unpack
+
+MAX_FLIPPED = 8  # rows listed as evidence when a vector is this close to the researcher's previous one
+
+
+@dataclass
+class History:
+    """Scored-row views of every fingerprint of one (testbed, kind), in id order."""
+
+    testbed: str
+    kind: str
+    rows: np.ndarray  # scored test rows (dev or final)
+    n_test: int
+    n_seeds: int = 1
+    last_id: int = 0
+    ids: list[int] = field(default_factory=list)
+    rids: list[int] = field(default_factory=list)
+    fresh: list[bool] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    _views: np.ndarray | None = None
+    _n: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def view(self, full: np.ndarray) -> np.ndarray:
+        n = len(full) // self.n_seeds
+        return np.packbits(np.concatenate([full[i * n:(i + 1) * n][self.rows] for i in range(self.n_seeds)]))
+
+    def sync(self, s: Session) -> None:
+        new = s.exec(select(Fingerprint).where(Fingerprint.testbed == self.testbed, Fingerprint.kind == self.kind,
+                                               col(Fingerprint.id) > self.last_id).order_by(col(Fingerprint.id))).all()
+        for fp in new:
+            self.last_id = max(self.last_id, fp.id or 0)
+            if fp.n_rows != self.n_test or len(fp.bits) != -(-fp.n_rows * self.n_seeds // 8):
+                continue  # from another configuration of this testbed (other data or seed count)
+            v = self.view(unpack(fp.bits, fp.n_rows * self.n_seeds))
+            if self._views is None:
+                self._views, self._n = np.zeros((64, len(v)), dtype=np.uint8), 0
+            if self._n == len(self._views):
+                self._views = np.concatenate([self._views, np.zeros_like(self._views)])
+            self._views[self._n] = v
+            self._n += 1
+            self.ids.append(fp.id or 0)
+            self.rids.append(fp.researcher_id)
+            self.fresh.append(fp.anchor_id is None)
+            self.answers.append(fp.answer)
+
+    def distances(self, v: np.ndarray) -> np.ndarray:
+        if self._views is None or self._n == 0 or self._views.shape[1] != len(v):
+            return np.zeros(0, dtype=np.int64)
+        return hamming(v, self._views[: self._n])
+
+    def nearest(self, d: np.ndarray, who: int) -> dict[str, Any]:
+        rids = np.asarray(self.rids[: len(d)])
+        out: dict[str, Any] = {"nearest_own": None, "nearest_own_id": None, "nearest_other": None,
+                               "nearest_other_id": None, "nearest_other_researcher_id": None}
+        for name, mask in (("own", rids == who), ("other", rids != who)):
+            if mask.any():
+                idx = np.flatnonzero(mask)
+                i = int(idx[np.argmin(d[idx])])
+                out[f"nearest_{name}"], out[f"nearest_{name}_id"] = int(d[i]), self.ids[i]
+                if name == "other":
+                    out["nearest_other_researcher_id"] = self.rids[i]
+        return out
+
+    def flipped_rows(self, v: np.ndarray, index: int | None) -> list[int]:
+        """Test rows (of the first seed) where ``v`` differs from fingerprint ``index``."""
+        if index is None or self._views is None:
+            return []
+        i = self.ids.index(index)
+        n = len(self.rows)
+        diff = np.flatnonzero(np.unpackbits(np.bitwise_xor(v, self._views[i]))[: n * self.n_seeds])
+        return sorted({int(self.rows[j % n]) for j in diff})
+
+
+class FeedbackGuard:
+    """Dev answers (noise + reuse) and submission near-duplicate checks for every served testbed."""
+
+    def __init__(self, secret: bytes, dev_noise: float = 1.0, dev_radius: int | None = None,
+                 submit_radius: int | None = None) -> None:
+        self.secret, self.dev_noise, self.dev_radius, self.submit_radius = secret, dev_noise, dev_radius, submit_radius
+        self._histories: dict[tuple[str, str], History] = {}
+        self._lock = threading.Lock()
+
+    def history(self, scorer: Any, kind: str) -> History:
+        with self._lock:
+            key = (scorer.name, kind)
+            if key not in self._histories:
+                rows = scorer.dev if kind == "evaluate" else scorer.final
+                self._histories[key] = History(scorer.name, kind, np.asarray(rows), scorer.n_test,
+                                               1 if kind == "evaluate" else len(scorer.seeds))
+            return self._histories[key]
+
+    def radius(self, scorer: Any) -> int:
+        return default_radius(len(scorer.dev)) if self.dev_radius is None else self.dev_radius
+
+    def sub_radius(self, scorer: Any) -> int:
+        if self.submit_radius is not None:
+            return self.submit_radius
+        return max(2, math.ceil(0.005 * len(scorer.final) * len(scorer.seeds)))
+
+    # ------------------------------------------------------------ evaluations
+
+    def fresh_answer(self, scorer: Any, p1: np.ndarray, view: np.ndarray) -> dict[str, Any]:
+        acc = scorer.acc(p1, scorer.dev)
+        noisy = noisy_accuracy(acc, len(scorer.dev), self.dev_noise, self.secret, scorer.name, view.tobytes())
+        g = pgr(noisy, scorer.weak_dev, scorer.ceiling_dev)
+        return {"pgr": None if math.isnan(g) else round(g, 2), "transfer_acc": round(noisy, 2)}
+
+    def evaluate(self, s: Session, who: int, scorer: Any, p1: np.ndarray) -> tuple[dict[str, Any], Fingerprint]:
+        """The answer to one evaluation and its fingerprint row (added to ``s``, inside the
+        caller's write transaction so reuse decisions are serialised)."""
+        h = np.asarray(p1) > 0.5
+        hist = self.history(scorer, "evaluate")
+        with hist.lock:
+            hist.sync(s)
+            v = hist.view(h)
+            d = hist.distances(v)
+            near = hist.nearest(d, who)
+            radius = self.radius(scorer)
+            anchor = None
+            if radius > 0 and len(d):
+                cand = np.flatnonzero(np.asarray(hist.fresh[: len(d)]) & (d <= radius))
+                if len(cand):
+                    anchor = int(cand[np.argmin(d[cand])])
+            if anchor is not None:
+                answer, anchor_id = json.loads(hist.answers[anchor]), hist.ids[anchor]
+            else:
+                answer, anchor_id = self.fresh_answer(scorer, p1, v), None
+            own = near["nearest_own"]
+            flipped = hist.flipped_rows(v, near["nearest_own_id"]) if own is not None and 0 < own <= MAX_FLIPPED else []
+        fp = Fingerprint(researcher_id=who, testbed=scorer.name, kind="evaluate", n_rows=len(h), bits=pack(h),
+                         anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), **near)
+        s.add(fp)
+        return answer, fp
+
+    # ------------------------------------------------------------ submissions
+
+    def submission_view(self, scorer: Any, hard_by_seed: list[np.ndarray]) -> tuple[np.ndarray, History]:
+        hist = self.history(scorer, "submit")
+        return hist.view(np.concatenate(hard_by_seed)), hist
+
+    def near_duplicate(self, s: Session, scorer: Any, hard_by_seed: list[np.ndarray]) -> tuple[int, int] | None:
+        """(fingerprint id, distance) of an earlier submission whose final-row predictions differ
+        from these in 1..radius rows (over all seeds), else None."""
+        v, hist = self.submission_view(scorer, hard_by_seed)
+        radius = self.sub_radius(scorer)
+        with hist.lock:
+            hist.sync(s)
+            d = hist.distances(v)
+            hit = np.flatnonzero((d >= 1) & (d <= radius))
+            if radius <= 0 or not len(hit):
+                return None
+            i = int(hit[np.argmin(d[hit])])
+            return hist.ids[i], int(d[i])
+
+    def submit_fingerprint(self, s: Session, who: int, scorer: Any, hard_by_seed: list[np.ndarray]) -> Fingerprint:
+        v, hist = self.submission_view(scorer, hard_by_seed)
+        with hist.lock:
+            hist.sync(s)
+            d = hist.distances(v)
+            near = hist.nearest(d, who)
+            own = near["nearest_own"]
+            flipped = hist.flipped_rows(v, near["nearest_own_id"]) if own is not None and 0 < own <= MAX_FLIPPED else []
+        full = np.concatenate(hard_by_seed)
+        fp = Fingerprint(researcher_id=who, testbed=scorer.name, kind="submit", n_rows=len(hard_by_seed[0]), bits=pack(full),
+                         flipped=dumps(flipped), **near)
+        s.add(fp)
+        return fp
