@@ -123,3 +123,101 @@ def test_login_required_away_from_loopback(toy: Path, tmp_path: Path, server: Gr
         assert r.status_code == 303 and r.headers["location"] == "/researchers"
         assert "httponly" in r.headers["set-cookie"].lower() and admin_token_file().read_text().strip() not in r.headers["set-cookie"]
         assert "gail" in client.get("/researchers").text
+
+
+# ---------------------------------------------------------------- automated research runs
+
+
+def _research_status(run_id: str, sandboxed: bool) -> dict:
+    rows = [{"name": "offline-1", "direction": "confidence", "status": "running", "tokens_in": 12345, "tokens_out": 678,
+             "usd": 1.25, "wall_seconds": 61.0, "experiments": 7, "grader_queries": 3},
+            {"name": "offline-2", "direction": "ensembles", "status": "done", "tokens_in": 100, "tokens_out": 22,
+             "usd": 0.5, "wall_seconds": 30.0, "experiments": 2, "grader_queries": 1}]
+    total = {k: sum(r[k] for r in rows) for k in ("tokens_in", "tokens_out", "usd", "wall_seconds", "experiments", "grader_queries")}
+    return {"run_id": run_id, "sandboxed": sandboxed, "state": "running", "testbed": "toy", "backend": "offline",
+            "researchers": rows, "total": total}
+
+
+@pytest.fixture(scope="module")
+def research_run(server: GraderServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A run pushed the way the launcher pushes it (ResearchPusher), in two rounds."""
+    from w2slab.researchers.launcher import ResearchPusher, Transcript
+
+    folder = tmp_path_factory.mktemp("research")
+    paths = {n: folder / n / "transcript.jsonl" for n in ("offline-1", "offline-2")}
+    tr = Transcript(paths["offline-1"], "offline-1")
+    tr.message("assistant", "I will try confidence weighting first.\nLine two of the thought.")
+    tr.tool_call("run_experiment", {"method": "conf.py", "seeds": [1, 2]})
+    Transcript(paths["offline-2"], "offline-2").event("process_start", pid=1)
+    warnings: list[str] = []
+    pusher = ResearchPusher(server.url, server.admin_token(), "unsafe-run-1", interval=0, warn=warnings.append,
+                            max_batch_bytes=200)  # tiny batches: several POSTs per transcript
+    assert pusher.push(_research_status("unsafe-run-1", sandboxed=False), paths, force=True)
+    tr.tool_result("run_experiment", {"dev_pgr": 0.4242, "log": "x" * 300})  # longer than a batch
+    with open(paths["offline-1"], "a") as f:
+        f.write('{"ts": 1, "type": "message", "role": "user", "content": "partial')  # no newline yet
+    assert pusher.push(_research_status("unsafe-run-1", sandboxed=False), paths, force=True)
+    assert warnings == []
+    ok = ResearchPusher(server.url, server.admin_token(), "safe-run-1", interval=0, warn=warnings.append)
+    assert ok.push(_research_status("safe-run-1", sandboxed=True), {}, force=True)
+    return {"pusher": pusher, "paths": paths}
+
+
+def test_research_push_api(server: GraderServer, research_run: dict) -> None:
+    from w2slab.researchers.launcher import ResearchPusher
+
+    with server.client(server.admin_token()) as admin:
+        runs = {r["run_id"]: r for r in admin.get("/api/admin/research/runs").json()}
+        assert runs["unsafe-run-1"]["sandboxed"] is False and runs["safe-run-1"]["sandboxed"] is True
+        assert runs["unsafe-run-1"]["status"]["total"]["tokens_in"] == 12445
+        assert runs["unsafe-run-1"]["transcript_lines"] == {"offline-1": 3, "offline-2": 1}  # the partial line waits
+        tr = admin.get("/api/admin/research/transcript", params={"run_id": "unsafe-run-1", "researcher": "offline-1"}).json()
+        assert [e["kind"] for e in tr["lines"]] == ["message", "tool_call", "event"]
+        assert [e["seq"] for e in tr["lines"]] == [0, 1, 2] and tr["lines"][2]["entry"]["event"] == "line_truncated"
+        # a retried batch is idempotent; a gap is refused
+        r = admin.post("/api/admin/research/transcript", json={"run_id": "unsafe-run-1", "researcher": "offline-1",
+                                                                 "start_seq": 0, "lines": [{"type": "message", "content": "dup"}]})
+        assert r.status_code == 200 and r.json() == {"run_id": "unsafe-run-1", "researcher": "offline-1", "stored": 0, "next_seq": 3}
+        r = admin.post("/api/admin/research/transcript", json={"run_id": "unsafe-run-1", "researcher": "offline-1",
+                                                                 "start_seq": 9, "lines": [{"type": "x"}]})
+        assert r.status_code == 409 and "next_seq 3" in r.json()["detail"]
+        big = {"run_id": "r", "researcher": "a", "start_seq": 0, "lines": ["x" * (3 << 20)]}
+        r = admin.post("/api/admin/research/transcript", json=big)
+        assert r.status_code == 413 and "limit is 2097152 bytes" in r.json()["detail"]
+        r = admin.post("/api/admin/research/status", json={"run_id": "r", "researchers": []})
+        assert r.status_code == 422 and "sandboxed" in r.json()["detail"]
+    with server.add_researcher("rita") as rita:  # researchers cannot read or write research runs
+        for path, body in (("/api/admin/research/status", _research_status("x", True)),
+                           ("/api/admin/research/transcript", {"run_id": "x", "researcher": "rita", "lines": []})):
+            r = rita.post(path, json=body)
+            assert r.status_code == 403 and "admin token" in r.json()["detail"]
+        assert rita.get("/api/admin/research/runs").status_code == 403
+    # a grader that is down: push returns False, warns once, never raises
+    warnings: list[str] = []
+    down = ResearchPusher("http://127.0.0.1:9", "t", "r", interval=0, warn=warnings.append, timeout=1, backoff=0)
+    assert not down.push({"sandboxed": True}, research_run["paths"], force=True)
+    assert not down.push({"sandboxed": True}, research_run["paths"], force=True)
+    assert len(warnings) == 1 and "could not push" in warnings[0] and down.failures == 2
+
+
+def test_research_page(server: GraderServer, research_run: dict, page) -> None:
+    page.goto(f"{server.url}/leaderboard")
+    page.click("nav >> text=Research runs")
+    unsafe = page.locator("section.run[data-run='unsafe-run-1']")
+    assert "UNSANDBOXED RUN" in unsafe.locator(".unsafe-banner").inner_text()
+    assert page.locator("section.run[data-run='safe-run-1'] .unsafe-banner").count() == 0
+    row = unsafe.locator("tr[data-researcher='offline-1']").inner_text()
+    for value in ("12345", "678", "1.25", "61", "7", "3", "3 lines"):
+        assert value in row
+    total = unsafe.locator("tr.total").inner_text()
+    for value in ("12445", "700", "1.75", "91", "9", "4"):
+        assert value in total
+    unsafe.locator("tr[data-researcher='offline-1'] a").click()
+    assert "Transcript of offline-1" in page.inner_text("h1")
+    entries = page.locator("ol.transcript li")
+    assert entries.count() == 3
+    first = entries.nth(0)
+    assert "message (assistant)" in first.locator(".kind").inner_text()
+    assert first.locator("pre").inner_text() == "I will try confidence weighting first.\nLine two of the thought."
+    assert "tool call (run_experiment)" in entries.nth(1).inner_text() and '"conf.py"' in entries.nth(1).locator("pre").inner_text()
+    assert "line_truncated" in entries.nth(2).locator("pre").inner_text()

@@ -142,6 +142,18 @@ def test_research_session_lands_in_the_grader(run) -> None:
     summary = status["summary"]
     assert summary["best"]["researcher"] in names and summary["naive"]["pgr"] is not None
     assert summary["dashboard"].startswith("http://127.0.0.1:") and "research summary" in run["output"]
+    # mirrored on the grader (dashboard /research): the final status.json and every transcript line
+    from w2slab.grader import research
+
+    (mirror,) = [r for r in research.list_runs(engine) if r["run_id"] == status["run_id"]]
+    assert mirror["sandboxed"] is sandboxed is status["sandboxed"] and mirror["state"] == "finished"
+    assert mirror["status"]["total"] == total and mirror["status"]["summary"] == summary
+    for r in status["researchers"]:
+        lines = Path(r["transcript"]).read_text().splitlines()
+        assert mirror["transcript_lines"][r["name"]] == len(lines)
+        stored = research.transcript(engine, status["run_id"], r["name"], 0, len(lines))["lines"]
+        assert [json.loads(x) for x in lines] == [e["entry"] for e in stored]
+    assert "could not push" not in run["output"]
 
 
 def test_directions_and_workspaces_differ(run) -> None:

@@ -88,6 +88,32 @@ def chart_traces(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"type": "scatter", "mode": "lines+markers", "line": {"shape": "hv"}, "name": n, **s} for n, s in series.items()]
 
 
+ACCOUNTING = (("tokens_in", "tokens in"), ("tokens_out", "tokens out"), ("usd", "$"), ("wall_seconds", "wall-clock s"),
+              ("experiments", "experiments"), ("grader_queries", "grader queries"))
+TRANSCRIPT_PAGE = 50
+_ENTRY_META = ("ts", "researcher", "type")
+
+
+def _entry_label(e: dict[str, Any]) -> str:
+    """message (role) | tool call (tool) | tool result (tool) | event (what)."""
+    d = e["entry"]
+    kind = e.get("kind") or d.get("type") or "line"
+    detail = d.get("role") if kind == "message" else d.get("tool") if kind in ("tool_call", "tool_result") else d.get("event")
+    return kind.replace("_", " ") + (f" ({detail})" if detail else "")
+
+
+def _entry_body(d: dict[str, Any]) -> str:
+    """The entry in full: text content as is, anything else as indented JSON."""
+    main = next((d[k] for k in ("content", "args", "result") if k in d), None)
+    rest = {k: v for k, v in d.items() if k not in _ENTRY_META and k not in ("content", "args", "result", "role", "tool")}
+    parts = []
+    if main is not None:
+        parts.append(main if isinstance(main, str) else json.dumps(main, indent=1, ensure_ascii=False))
+    if rest:
+        parts.append(json.dumps(rest, indent=1, ensure_ascii=False))
+    return "\n".join(parts)
+
+
 def dashboard_router() -> APIRouter:
     from w2slab.grader import app as grader
     from w2slab.grader import forum
@@ -162,6 +188,25 @@ def dashboard_router() -> APIRouter:
             if f["kind"] not in kinds[f["researcher"]]:
                 kinds[f["researcher"]].append(f["kind"])
         return _page(request, "researchers.html", rows=grader.researcher_usage(state), flags=flags, flag_kinds=kinds)
+
+    @router.get("/research", dependencies=guard)
+    def research_page(request: Request) -> HTMLResponse:
+        from w2slab.grader import research
+
+        return _page(request, "research.html", runs=research.list_runs(_state(request).engine), columns=ACCOUNTING)
+
+    @router.get("/research/{run_id}/{name}", dependencies=guard)
+    def transcript_page(request: Request, run_id: str, name: str, page: int | None = None) -> HTMLResponse:
+        from w2slab.grader import research
+
+        engine = _state(request).engine
+        total = research.transcript(engine, run_id, name, 0, 1)["total"]
+        pages = max(1, -(-total // TRANSCRIPT_PAGE))
+        page = pages if page is None else min(max(1, page), pages)  # default: the newest page
+        tr = research.transcript(engine, run_id, name, (page - 1) * TRANSCRIPT_PAGE, TRANSCRIPT_PAGE)
+        entries = [dict(e, body=_entry_body(e["entry"]), label=_entry_label(e)) for e in tr["lines"]]
+        return _page(request, "transcript.html", run_id=run_id, researcher=name, entries=entries, total=total, page=page,
+                     pages=pages)
 
     @router.get("/login")
     def login_form(request: Request, next: str = "/leaderboard", error: str = "") -> HTMLResponse:

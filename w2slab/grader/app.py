@@ -25,7 +25,7 @@ from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 
 from w2slab import paths
-from w2slab.grader import forum
+from w2slab.grader import forum, research
 from w2slab.grader.auth import AuthMiddleware, Authenticator, Principal, admin, create_researcher
 from w2slab.grader.auth import load_admin_token, load_server_secret, principal, researcher
 from w2slab.grader.codestore import SHA_RE, ArchiveError, CodeStore, check_archive
@@ -563,6 +563,42 @@ def api_router() -> APIRouter:
                   kind: str | None = None, _: Principal = Depends(admin)) -> list[dict[str, Any]]:
         return audit_log(st(request).engine, limit, researcher, kind)
 
+    # ---- automated research runs (pushed by the `w2slab research` launcher)
+    async def _capped_body(request: Request, what: str) -> dict[str, Any]:
+        cap = research.MAX_BATCH_BYTES
+        if int(request.headers.get("content-length") or 0) > cap:
+            raise research.ResearchError(f"{what} is {request.headers['content-length']} bytes; the limit is {cap} bytes "
+                                         "per request (send transcript lines in smaller batches)", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise research.ResearchError(f"{what} is larger than the limit of {cap} bytes per request "
+                                             "(send transcript lines in smaller batches)", 413)
+            chunks.append(chunk)
+        return research.parse_body(b"".join(chunks), what)
+
+    @api.post("/admin/research/status")
+    async def post_research_status(request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+        """The launcher's status.json (with ``run_id`` and ``sandboxed``): replaces the run's last one."""
+        body = await _capped_body(request, "the status")
+        return await run_in_threadpool(research.store_status, st(request).engine, body)
+
+    @api.post("/admin/research/transcript")
+    async def post_research_transcript(request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+        """A batch of transcript lines of one researcher: ``{run_id, researcher, start_seq, lines}``, appended."""
+        body = await _capped_body(request, "the transcript batch")
+        return await run_in_threadpool(research.store_transcript, st(request).engine, body)
+
+    @api.get("/admin/research/runs")
+    def get_research_runs(request: Request, limit: int = Query(50, ge=1, le=500), _: Principal = Depends(admin)) -> list[dict[str, Any]]:
+        return research.list_runs(st(request).engine, limit)
+
+    @api.get("/admin/research/transcript")
+    def get_research_transcript(request: Request, run_id: str, researcher: str, offset: int = Query(0, ge=0),
+                                limit: int = Query(100, ge=1, le=5000), _: Principal = Depends(admin)) -> dict[str, Any]:
+        return research.transcript(st(request).engine, run_id, researcher, offset, limit)
+
     return api
 
 
@@ -641,6 +677,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ArchiveError)
     async def _archive(_: Request, exc: ArchiveError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(research.ResearchError)
+    async def _research(_: Request, exc: research.ResearchError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(forum.ForumError)

@@ -167,6 +167,31 @@ class Flag(SQLModel, table=True):
     created_at: float = Field(default_factory=now, index=True)
 
 
+class ResearchRun(SQLModel, table=True):
+    """The latest status.json of one ``w2slab research`` session, pushed by its launcher."""
+
+    run_id: str = Field(primary_key=True, max_length=100)
+    sandboxed: bool = True  # False: the run used --unsafe-no-sandbox
+    state: str = Field(default="", max_length=32)
+    testbed: str = Field(default="", max_length=200)
+    status: str = "{}"  # JSON: the whole status.json (researchers, totals, budgets, summary)
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now, index=True)
+
+
+class TranscriptLine(SQLModel, table=True):
+    """One line of a researcher's transcript.jsonl (a message, tool call, tool result or event)."""
+
+    __table_args__ = (UniqueConstraint("run_id", "researcher", "seq", name="uq_transcript_seq"),)
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=100)
+    researcher: str = Field(max_length=64)
+    seq: int  # 0-based line number within this run's part of the transcript
+    kind: str = Field(default="", max_length=32)  # message | tool_call | tool_result | event | ...
+    ts: float | None = None
+    line: str  # the JSON line as written
+
+
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 

@@ -127,6 +127,8 @@ def status(workdir: WorkdirOpt = DEFAULT_WORKDIR,
         print(json.dumps(st, indent=1))
         return
     out = console if console.is_terminal else Console(width=220)  # pipes and logs: no folded columns
+    if st.get("sandboxed") is False:
+        out.print("[bold white on red] UNSANDBOXED RUN [/] experiments run without isolation (--unsafe-no-sandbox)")
     out.print(status_table(st))
     s = st.get("summary")
     if s:
