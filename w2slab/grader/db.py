@@ -204,12 +204,25 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+PG_WRITE_LOCK = 74192  # the PostgreSQL advisory lock that write sessions take (migrations add 74193)
+
+
 def make_engine(url: str | None = None) -> Engine:
     """An engine for ``url`` (default: SQLite under W2SLAB_HOME). On SQLite: WAL mode,
-    a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for write sessions."""
+    a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for write sessions. On PostgreSQL,
+    write sessions take one transaction-scoped advisory lock first, so they queue the same way
+    (the count-then-insert and get-or-create steps rely on it)."""
     url = url or default_url()
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+        if engine.dialect.name == "postgresql":
+
+            @event.listens_for(engine, "begin")
+            def _pg_begin(conn: Any) -> None:  # write sessions queue, as under SQLite's BEGIN IMMEDIATE
+                if conn.get_execution_options().get("immediate", False):
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+
+        return engine
     if ":memory:" not in url and url.count("///"):
         Path(url.split("///", 1)[1]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=32, max_overflow=16)
@@ -240,7 +253,7 @@ _WRITE_LOCK = threading.Lock()
 @contextlib.contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session whose transaction takes the write lock up front (SQLite ``BEGIN IMMEDIATE``),
-    so concurrent writers queue instead of failing on lock upgrade. On SQLite, threads of one
+    so concurrent writers queue instead of failing on lock upgrade (PostgreSQL: an advisory lock). On SQLite, threads of one
     process also queue on a fair in-process lock first: only one per process waits on the file
     lock, which keeps SQLite's sleeping busy handler (and tail latency) out of the way."""
     lock = _WRITE_LOCK if is_sqlite(engine) else contextlib.nullcontext()
