@@ -19,9 +19,9 @@ console = Console(width=None if Console().is_terminal else 200)
 
 @app.command()
 def redteam(
-    rows: Annotated[int, typer.Option("--rows", help="Test rows of the toy testbed under attack.")] = 400,
-    budget: Annotated[int, typer.Option("--budget", help="Evaluations of the single-flip attacker.")] = 250,
-    coord_budget: Annotated[int, typer.Option("--coord-budget", help="Evaluations of each coordinated attacker.")] = 100,
+    rows: Annotated[int, typer.Option("--rows", min=40, max=100_000, help="Test rows of the toy testbed under attack.")] = 400,
+    budget: Annotated[int, typer.Option("--budget", min=1, help="Evaluations of the single-flip attacker.")] = 250,
+    coord_budget: Annotated[int, typer.Option("--coord-budget", min=1, help="Evaluations of each coordinated attacker.")] = 100,
     unhardened: Annotated[bool, typer.Option("--unhardened", help="Switch the defences off (noise, reuse, near-duplicate "
                                                                   "refusal, audits) to see what they stop.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the toy data and the attackers (default: random).")] = None,
