@@ -291,6 +291,10 @@ def test_stop_file_makes_researchers_submit(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     (r2,) = json.loads((workdir / "status.json").read_text())["researchers"]
     assert r2["name"] == "offline-1" and r2["experiments"] == 2 and r2["stop_reason"] == "experiment budget"
-    assert r2["final"]["submission_id"] != first and r2["grader_queries"] <= 4
+    assert r2["grader_queries"] <= 4
     nb = json.loads((Path(r2["workspace"]) / "notebook.json").read_text())
-    assert nb["restarts"] == 1 and len(nb["finals"]) == 2 and (workdir / "offline-1").glob("usage.*.json")
+    assert nb["restarts"] == 1 and (workdir / "offline-1").glob("usage.*.json")
+    if "resubmission_refused" in r2["final"]:  # a near-duplicate of the first: the grader keeps the first
+        assert r2["final"]["submission_id"] == first and "refused" in nb["final"] and len(nb["finals"]) == 1
+    else:
+        assert r2["final"]["submission_id"] != first and len(nb["finals"]) == 2
