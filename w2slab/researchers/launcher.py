@@ -328,6 +328,8 @@ class Usage:
 
     def save(self) -> None:
         self.last_update = time.time()
+        if not self.path:  # an in-memory Usage (tools used outside the launcher)
+            return
         d = asdict(self)
         d["wall_seconds"] = round(self.wall_seconds(), 1)
         _atomic_write(Path(self.path), json.dumps(d, indent=1) + "\n")

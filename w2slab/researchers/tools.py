@@ -80,42 +80,13 @@ def _obj(properties: dict[str, Any], required: list[str] | None = None) -> dict[
     return {"type": "object", "properties": properties, "required": required or []}
 
 
-S = {"type": "string"}
-I = {"type": "integer"}
-
-
-@dataclass
-class LocalUsage:
-    """Stand-in for the launcher's ``Usage`` (same fields) when none is given: not persisted."""
-
-    tokens_in: int = 0
-    tokens_out: int = 0
-    usd: float = 0.0
-    experiments: int = 0
-    grader_queries: int = 0
-    submissions: int = 0
-    findings_posted: int = 0
-    best_dev_pgr: float | None = None
-    final: dict[str, Any] | None = None
-    status: str = "starting"
-    stop_reason: str | None = None
-    first_start: float = field(default_factory=time.time)
-
-    def add_tokens(self, tokens_in: int, tokens_out: int, usd: float = 0.0) -> None:
-        self.tokens_in += int(tokens_in)
-        self.tokens_out += int(tokens_out)
-        self.usd += float(usd)
-
-    def wall_seconds(self) -> float:
-        return time.time() - self.first_start
-
-    def save(self) -> None:
-        pass
+STRING = {"type": "string"}
+INTEGER = {"type": "integer"}
 
 
 @dataclass
 class ToolContext:
-    """Everything the tools need. ``usage`` (the launcher's ``Usage`` or a :class:`LocalUsage`)
+    """Everything the tools need. ``usage`` (the launcher's ``Usage``; an unsaved one when none is given)
     holds the experiment / grader-query / submission counters, across restarts when persisted.
     ``make_spec(wall_seconds)`` (the launcher's ``ResearcherConfig.sandbox_spec``) and
     ``run_unsafe(command, wall_seconds)`` (its ``run``, used when ``sandbox`` is false) replace
@@ -151,7 +122,9 @@ class ToolContext:
         self.kit_dir = Path(self.kit_dir).absolute() if self.kit_dir else None
         self.notebook = Path(self.notebook) if self.notebook else self.workspace / NOTEBOOK
         if self.usage is None:
-            self.usage = LocalUsage()
+            from w2slab.researchers.launcher import Usage
+
+            self.usage = Usage(first_start=time.time())  # no path: kept in memory only
 
     @property
     def experiments_used(self) -> int:
@@ -276,62 +249,62 @@ class Toolbox:
             Tool("shell", "Run a shell command (/bin/sh -c) in your sandbox: cwd is your workspace (read-write); "
                  "python, the w2slab package and your kit are read-only; no network, no labels. "
                  "Returns exit code, stdout and stderr.",
-                 _obj({"command": S, "timeout_seconds": {"type": "number", "description": "default 600"}}, ["command"]),
+                 _obj({"command": STRING, "timeout_seconds": {"type": "number", "description": "default 600"}}, ["command"]),
                  self.shell),
             Tool("read_file", "Read a text file in your workspace (optionally a range of lines).",
-                 _obj({"path": S, "offset": {**I, "description": "first line, 1-based"},
-                       "limit": {**I, "description": "number of lines"}}, ["path"]), self.read_file),
+                 _obj({"path": STRING, "offset": {**INTEGER, "description": "first line, 1-based"},
+                       "limit": {**INTEGER, "description": "number of lines"}}, ["path"]), self.read_file),
             Tool("write_file", "Create or overwrite a file in your workspace with the given content.",
-                 _obj({"path": S, "content": S}, ["path", "content"]), self.write_file),
+                 _obj({"path": STRING, "content": STRING}, ["path", "content"]), self.write_file),
             Tool("edit_file", "Replace old_string by new_string in a workspace file. old_string must occur "
                  "exactly once unless replace_all is true.",
-                 _obj({"path": S, "old_string": S, "new_string": S, "replace_all": {"type": "boolean"}},
+                 _obj({"path": STRING, "old_string": STRING, "new_string": STRING, "replace_all": {"type": "boolean"}},
                       ["path", "old_string", "new_string"]), self.edit_file),
             Tool("run_experiment", "Run a method file from your workspace on the kit, for the grader's seeds, in the "
                  "sandbox (`w2slab predict`). The predictions JSON stays in your workspace; you get a summary "
                  "(per seed: mean P(class 1), positive rate, agreement with the weak teacher). No labels: "
                  "score it with `evaluate`.",
-                 _obj({"method_file": {**S, "description": "e.g. ideas/my_idea.py or ideas/my_idea.py:name"},
+                 _obj({"method_file": {**STRING, "description": "e.g. ideas/my_idea.py or ideas/my_idea.py:name"},
                        "params": {"type": "object", "description": "method keyword parameters"},
-                       "output": {**S, "description": "predictions path (default runs/<name>-<n>.json)"}},
+                       "output": {**STRING, "description": "predictions path (default runs/<name>-<n>.json)"}},
                       ["method_file"]), self.run_experiment),
             Tool("evaluate", "Score one seed's predictions on the grader's DEV half: returns PGR and transfer "
                  "accuracy (2 decimals). Costs one grader query of a small budget.",
-                 _obj({"predictions_file": S, "seed": {**I, "description": "default: the file's first seed"}},
+                 _obj({"predictions_file": STRING, "seed": {**INTEGER, "description": "default: the file's first seed"}},
                       ["predictions_file"]), self.evaluate),
             Tool("submit", "Submit a method for the leaderboard: uploads the method file's folder as a code "
                  "snapshot and submits its predictions for all the grader's seeds (scored once, on the final "
                  "half; not counted as a grader query). Submit your best method before your budget ends.",
-                 _obj({"method_file": S, "predictions_file": S, "method_name": S, "note": S},
+                 _obj({"method_file": STRING, "predictions_file": STRING, "method_name": STRING, "note": STRING},
                       ["method_file", "predictions_file", "method_name"]), self.submit),
             Tool("leaderboard", "The leaderboard of your testbed (best final-half PGR first).", _obj({}),
                  self.leaderboard),
             Tool("forum_read", "Read the forum: without post_id the latest posts (optionally of one kind); with "
                  "post_id one post in full with its comments.",
-                 _obj({"post_id": I, "kind": {"type": "string", "enum": list(POST_KINDS)}, "limit": I}),
+                 _obj({"post_id": INTEGER, "kind": {"type": "string", "enum": list(POST_KINDS)}, "limit": INTEGER}),
                  self.forum_read),
-            Tool("forum_search", "Full-text search of the forum.", _obj({"query": S, "limit": I}, ["query"]),
+            Tool("forum_search", "Full-text search of the forum.", _obj({"query": STRING, "limit": INTEGER}, ["query"]),
                  self.forum_search),
             Tool("forum_post", "Post to the forum (markdown body). Link submissions / snapshots you refer to.",
-                 _obj({"kind": {"type": "string", "enum": list(POST_KINDS)}, "title": S, "body": S,
-                       "metrics": {"type": "object"}, "submission_ids": {"type": "array", "items": I},
-                       "snapshot_shas": {"type": "array", "items": S}}, ["kind", "title", "body"]),
+                 _obj({"kind": {"type": "string", "enum": list(POST_KINDS)}, "title": STRING, "body": STRING,
+                       "metrics": {"type": "object"}, "submission_ids": {"type": "array", "items": INTEGER},
+                       "snapshot_shas": {"type": "array", "items": STRING}}, ["kind", "title", "body"]),
                  self.forum_post),
-            Tool("forum_comment", "Comment on a forum post.", _obj({"post_id": I, "body": S}, ["post_id", "body"]),
+            Tool("forum_comment", "Comment on a forum post.", _obj({"post_id": INTEGER, "body": STRING}, ["post_id", "body"]),
                  self.forum_comment),
             Tool("forum_vote", "Vote on someone else's post (+1 or -1).",
-                 _obj({"post_id": I, "value": {"type": "integer", "enum": [1, -1]}}, ["post_id", "value"]),
+                 _obj({"post_id": INTEGER, "value": {"type": "integer", "enum": [1, -1]}}, ["post_id", "value"]),
                  self.forum_vote),
             Tool("download_snapshot", "Download a code snapshot (by sha256, e.g. from the leaderboard) into your "
-                 "workspace (default snapshots/<sha[:12]>).", _obj({"sha256": S, "dest": S}, ["sha256"]),
+                 "workspace (default snapshots/<sha[:12]>).", _obj({"sha256": STRING, "dest": STRING}, ["sha256"]),
                  self.download_snapshot),
             Tool("notebook_read", "Read your notebook: persistent memory across sessions and context summaries.",
                  _obj({}), self.notebook_read),
             Tool("notebook_write", "Append to (default) or replace your notebook.",
-                 _obj({"content": S, "mode": {"type": "string", "enum": ["append", "replace"]}}, ["content"]),
+                 _obj({"content": STRING, "mode": {"type": "string", "enum": ["append", "replace"]}}, ["content"]),
                  self.notebook_write),
             Tool("finish", "End your research session with a final summary of what you did and found.",
-                 _obj({"summary": S}, ["summary"]), self.finish),
+                 _obj({"summary": STRING}, ["summary"]), self.finish),
         ]
 
     # ------------------------------------------------------------------ sandboxed execution
