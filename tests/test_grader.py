@@ -290,6 +290,8 @@ def _bomb(tar: tarfile.TarFile) -> None:
         (b"\x1f\x8b\x08\x00garbage", 422, "not a valid tar.gz"),
         (targz([]), 422, "empty archive"),
     ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink", "hardlink", "device", "bomb", "oversize", "zip",
+         "garbage", "empty"],
 )
 def test_bad_archives_are_refused_and_nothing_stored(server: GraderServer, bob, data: bytes, status: int, message: str) -> None:
     import os

@@ -3,6 +3,7 @@ free loopback port, with its own SQLite file, plus tar.gz builders. (No tests he
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import signal
@@ -97,16 +98,17 @@ class GraderServer:
 
 
 def targz(members: list[tuple[str, bytes]] | None = None, tweak=None) -> bytes:
-    """A tar.gz with regular files; ``tweak(tar)`` may add odd members."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    """A tar.gz with regular files; ``tweak(tar)`` may add odd members. Deterministic bytes
+    (gzip mtime 0), so parametrized test ids are the same in every pytest-xdist worker."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
         for name, data in members or []:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
         if tweak:
             tweak(tar)
-    return buf.getvalue()
+    return gzip.compress(raw.getvalue(), mtime=0)
 
 
 def odd_member(name: str, kind: bytes, linkname: str = "") -> "callable":
