@@ -80,6 +80,7 @@ def ask(engine, guard, who: int, sc: Scorer, p1: np.ndarray):  # type: ignore[no
 
     with write_session(engine) as s:
         answer, fp = guard.evaluate(s, who, sc, p1)
+        fp["id"] = guard.record(s, fp, None)
         s.commit()
         return answer, fp
 
@@ -92,20 +93,20 @@ def test_answers_reused_within_the_radius_and_fresh_beyond(db) -> None:  # type:
     rng = np.random.default_rng(1)
     base = noisy_copy(sc.labels, 0.25, rng)
     a0, fp0 = ask(engine, guard, ids["alice"], sc, base)
-    assert fp0.anchor_id is None and set(a0) == {"pgr", "transfer_acc"}
+    assert fp0["anchor_id"] is None and set(a0) == {"pgr", "transfer_acc"}
     assert ask(engine, guard, ids["alice"], sc, base)[0] == a0  # the same question, the same answer
     for i in sc.dev[:5]:  # single-row flips on dev rows: the base's answer, whoever asks
         w = base.copy()
         w[i] = 1 - w[i]
         ans, fp = ask(engine, guard, ids["mallory"], sc, w)
-        assert ans == a0 and fp.anchor_id == fp0.id
+        assert ans == a0 and fp["anchor_id"] == fp0["id"]
     w = base.copy()
     w[sc.final[:50]] = 1 - w[sc.final[:50]]  # unscored rows: same dev vector, same answer
     assert ask(engine, guard, ids["alice"], sc, w)[0] == a0
     far = base.copy()
     far[sc.dev[:20]] = 1 - far[sc.dev[:20]]  # 20 dev rows away: a fresh, noisy answer
     ans, fp = ask(engine, guard, ids["alice"], sc, far)
-    assert fp.anchor_id is None
+    assert fp["anchor_id"] is None
     exact = sc.acc(far, sc.dev)
     assert abs(ans["transfer_acc"] - exact) < 4 * noise_sd(exact, len(sc.dev), 1.0) + 0.006
     # without hardening the guard answers like the plain scorer
@@ -150,7 +151,7 @@ def test_near_duplicate_submissions_are_detected(db) -> None:  # type: ignore[no
     rng = np.random.default_rng(3)
     preds = [noisy_copy(sc.labels, 0.2, rng) > 0.5 for _ in sc.seeds]
     with write_session(engine) as s:
-        guard.submit_fingerprint(s, ids["alice"], sc, preds)
+        guard.record(s, guard.submit_fingerprint(s, ids["alice"], sc, preds), None)
         s.commit()
     with read_session(engine) as s:
         assert guard.near_duplicate(s, sc, preds) is None  # identical: no new information, allowed

@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, func, insert, update
 from sqlmodel import Session, col, select
 
 from w2slab import paths
@@ -164,28 +164,31 @@ def sha_of(value: Any) -> str:
 
 def charge(
     state: GraderState, who: Principal, kind: str, testbed: str, pred_sha: str, score: dict[str, Any] | Callable[..., dict[str, Any]],
-    add: Callable[[Session], Any] | None = None, after: Callable[[Session, Audit, Any], None] | None = None,
+    add: Callable[[Session], Any] | None = None, after: Callable[[Session, int, Any], None] | None = None,
 ) -> tuple[int, int, int, Any]:
     """Check and spend one unit of this researcher's budget for ``kind``, record the audit row
     (and whatever ``add`` writes) in the same transaction. ``score`` may be ``f(session, extra)``,
-    computed inside the transaction; ``after(session, audit, extra)`` runs once the audit row has
-    its id. Returns audit id, hour left, total left, and ``add``'s value (or the score, when
-    ``score`` is computed and nothing is added)."""
+    computed inside the transaction; ``after(session, audit_id, extra)`` runs once the audit row
+    exists. Returns audit id, hour left, total left, and ``add``'s value (or the score, when
+    ``score`` is computed and nothing is added). The hot path (every evaluation) uses Core
+    statements on the session's connection: no ORM objects are built for the budget or audit rows."""
     st = state.settings
     per_hour, total = (st.eval_per_hour, st.eval_total) if kind == "evaluate" else (st.submit_per_hour, st.submit_total)
-    counter = Researcher.evaluations if kind == "evaluate" else Researcher.submissions
+    researchers, audits = Researcher.__table__, Audit.__table__  # type: ignore[attr-defined]
+    counter = researchers.c.evaluations if kind == "evaluate" else researchers.c.submissions
     t = now()
     with write_session(state.engine) as s:
-        used = s.exec(select(counter).where(Researcher.id == who.id).with_for_update()).one()
+        conn = s.connection()
+        used = conn.execute(select(counter).where(researchers.c.id == who.id).with_for_update()).scalar_one()
         if used >= total:
             raise HTTPException(429, f"total {kind} budget used up ({total}); it does not reset: ask the operator to raise it")
-        n, oldest = s.exec(select(func.count(), func.min(Audit.created_at)).where(
-            Audit.researcher_id == who.id, Audit.kind == kind, Audit.created_at > t - 3600)).one()
+        n, oldest = conn.execute(select(func.count(), func.min(audits.c.created_at)).where(
+            audits.c.researcher_id == who.id, audits.c.kind == kind, audits.c.created_at > t - 3600)).one()
         if n >= per_hour:
             wait = max(1, math.ceil(oldest + 3600 - t))
             raise HTTPException(429, f"hourly {kind} budget used up ({per_hour} per hour); retry in {wait} s",
                                 headers={"Retry-After": str(wait)})
-        s.exec(update(Researcher).where(col(Researcher.id) == who.id).values({counter: counter + 1}))
+        conn.execute(update(researchers).where(researchers.c.id == who.id).values({counter: counter + 1}))
         extra = add(s) if add else None
         computed = callable(score)
         if callable(score):
@@ -193,13 +196,12 @@ def charge(
         if isinstance(extra, Submission):
             s.flush()
             score = {"submission_id": extra.id, **score}
-        a = Audit(researcher_id=who.id, kind=kind, testbed=testbed, predictions_sha256=pred_sha, score=dumps(score), created_at=t)
-        s.add(a)
+        audit_id = conn.execute(insert(audits).values(researcher_id=who.id, kind=kind, testbed=testbed, created_at=t,
+                                                      predictions_sha256=pred_sha, score=dumps(score))).inserted_primary_key[0]
         if after:
-            s.flush()
-            after(s, a, extra)
+            after(s, audit_id, extra)
         s.commit()
-        return a.id or 0, per_hour - n - 1, total - used - 1, (score if computed and add is None else extra)
+        return audit_id, per_hour - n - 1, total - used - 1, (score if computed and add is None else extra)
 
 
 def _with_checks(q: Any) -> Any:
@@ -369,9 +371,8 @@ def api_router() -> APIRouter:
             box["answer"], box["fp"] = state.guard.evaluate(s, who.id or 0, sc, p1)  # type: ignore[union-attr]
             return box["answer"]
 
-        def link(s: Session, a: Audit, _: Any) -> None:
-            box["fp"].audit_id = a.id
-            s.add(box["fp"])
+        def link(s: Session, audit_id: int, _: Any) -> None:
+            state.guard.record(s, box["fp"], audit_id)  # type: ignore[union-attr]
 
         audit_id, hour_left, total_left, result = charge(state, who, "evaluate", sc.name, sha_of(body.predictions), answer,
                                                          after=link)
@@ -429,9 +430,8 @@ def api_router() -> APIRouter:
 
         box: dict[str, Any] = {}
 
-        def link(s: Session, a: Audit, _: Any) -> None:
-            box["fp"].audit_id = a.id
-            s.add(box["fp"])
+        def link(s: Session, audit_id: int, _: Any) -> None:
+            state.guard.record(s, box["fp"], audit_id)  # type: ignore[union-attr]
 
         audit_id, _, _, sub = charge(state, who, "submit", sc.name, sha_of(body.predictions), out, add, after=link)
         response.headers["X-Audit-Id"] = str(audit_id)

@@ -15,6 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: writers of several processes then meet at SQLite's busy handler
+    fcntl = None  # type: ignore[assignment]
+
 from sqlalchemy import Column, Engine, Index, LargeBinary, UniqueConstraint, create_engine, event
 from sqlmodel import Field, Session, SQLModel
 
@@ -251,13 +256,34 @@ _WRITE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<database>-writelock``, shared by every process that writes
+    this SQLite file: waiters sleep in the kernel and wake the moment the holder releases it,
+    instead of polling in SQLite's busy handler (which sleeps up to 100 ms between tries)."""
+    database = engine.url.database
+    if fcntl is None or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}-writelock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """A session whose transaction takes the write lock up front (SQLite ``BEGIN IMMEDIATE``),
-    so concurrent writers queue instead of failing on lock upgrade (PostgreSQL: an advisory lock). On SQLite, threads of one
-    process also queue on a fair in-process lock first: only one per process waits on the file
-    lock, which keeps SQLite's sleeping busy handler (and tail latency) out of the way."""
-    lock = _WRITE_LOCK if is_sqlite(engine) else contextlib.nullcontext()
-    with lock, Session(engine.execution_options(immediate=True), expire_on_commit=False) as session:
+    so concurrent writers queue instead of failing on lock upgrade (PostgreSQL: an advisory lock).
+    On SQLite, writers queue first on a fair in-process lock and then on a file lock shared by
+    all processes (uvicorn workers, the CLI), so at most one waits on SQLite's own lock and its
+    sleeping busy handler stays out of the way."""
+    if not is_sqlite(engine):
+        with Session(engine.execution_options(immediate=True), expire_on_commit=False) as session:
+            yield session
+        return
+    with _WRITE_LOCK, _file_lock(engine), Session(engine.execution_options(immediate=True), expire_on_commit=False) as session:
         yield session
 
 

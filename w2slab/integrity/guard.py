@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlmodel import Session, col, select
+from sqlalchemy import insert, select
+from sqlmodel import Session
 
 from w2slab.engine.stats import pgr
-from w2slab.grader.db import Fingerprint, dumps
+from w2slab.grader.db import Fingerprint, dumps, now
 from w2slab.integrity.feedback import default_radius, noisy_accuracy
 from w2slab.integrity.fingerprint import hamming, pack, unpack
 
+FINGERPRINTS = Fingerprint.__table__  # type: ignore[attr-defined]  # Core statements: no ORM objects on the hot path
 MAX_FLIPPED = 8  # rows listed as evidence when a vector is this close to the researcher's previous one
 
 
@@ -44,10 +46,12 @@ class History:
         return np.packbits(np.concatenate([full[i * n:(i + 1) * n][self.rows] for i in range(self.n_seeds)]))
 
     def sync(self, s: Session) -> None:
-        new = s.exec(select(Fingerprint).where(Fingerprint.testbed == self.testbed, Fingerprint.kind == self.kind,
-                                               col(Fingerprint.id) > self.last_id).order_by(col(Fingerprint.id))).all()
+        t = FINGERPRINTS
+        new = s.connection().execute(
+            select(t.c.id, t.c.n_rows, t.c.bits, t.c.researcher_id, t.c.anchor_id, t.c.answer)
+            .where(t.c.testbed == self.testbed, t.c.kind == self.kind, t.c.id > self.last_id).order_by(t.c.id)).all()
         for fp in new:
-            self.last_id = max(self.last_id, fp.id or 0)
+            self.last_id = max(self.last_id, fp.id)
             if fp.n_rows != self.n_test or len(fp.bits) != -(-fp.n_rows * self.n_seeds // 8):
                 continue  # from another configuration of this testbed (other data or seed count)
             v = self.view(unpack(fp.bits, fp.n_rows * self.n_seeds))
@@ -57,7 +61,7 @@ class History:
                 self._views = np.concatenate([self._views, np.zeros_like(self._views)])
             self._views[self._n] = v
             self._n += 1
-            self.ids.append(fp.id or 0)
+            self.ids.append(fp.id)
             self.rids.append(fp.researcher_id)
             self.fresh.append(fp.anchor_id is None)
             self.answers.append(fp.answer)
@@ -124,9 +128,9 @@ class FeedbackGuard:
         g = pgr(noisy, scorer.weak_dev, scorer.ceiling_dev)
         return {"pgr": None if math.isnan(g) else round(g, 2), "transfer_acc": round(noisy, 2)}
 
-    def evaluate(self, s: Session, who: int, scorer: Any, p1: np.ndarray) -> tuple[dict[str, Any], Fingerprint]:
-        """The answer to one evaluation and its fingerprint row (added to ``s``, inside the
-        caller's write transaction so reuse decisions are serialised)."""
+    def evaluate(self, s: Session, who: int, scorer: Any, p1: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The answer to one evaluation and its fingerprint row's values, for :meth:`record` in the
+        same write transaction (so reuse decisions are serialised)."""
         h = np.asarray(p1) > 0.5
         hist = self.history(scorer, "evaluate")
         with hist.lock:
@@ -146,10 +150,14 @@ class FeedbackGuard:
                 answer, anchor_id = self.fresh_answer(scorer, p1, v), None
             own = near["nearest_own"]
             flipped = hist.flipped_rows(v, near["nearest_own_id"]) if own is not None and 0 < own <= MAX_FLIPPED else []
-        fp = Fingerprint(researcher_id=who, testbed=scorer.name, kind="evaluate", n_rows=len(h), bits=pack(h),
-                         anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), **near)
-        s.add(fp)
-        return answer, fp
+        return answer, dict(researcher_id=who, testbed=scorer.name, kind="evaluate", n_rows=len(h), bits=pack(h),
+                            anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), **near)
+
+    @staticmethod
+    def record(s: Session, fingerprint: dict[str, Any], audit_id: int | None) -> int:
+        """Insert a fingerprint row (from :meth:`evaluate` or :meth:`submit_fingerprint`); its id."""
+        row = {**fingerprint, "audit_id": audit_id, "created_at": now()}
+        return s.connection().execute(insert(FINGERPRINTS).values(row)).inserted_primary_key[0]
 
     # ------------------------------------------------------------ submissions
 
@@ -171,7 +179,8 @@ class FeedbackGuard:
             i = int(hit[np.argmin(d[hit])])
             return hist.ids[i], int(d[i])
 
-    def submit_fingerprint(self, s: Session, who: int, scorer: Any, hard_by_seed: list[np.ndarray]) -> Fingerprint:
+    def submit_fingerprint(self, s: Session, who: int, scorer: Any, hard_by_seed: list[np.ndarray]) -> dict[str, Any]:
+        """The fingerprint row's values of a submission, for :meth:`record`."""
         v, hist = self.submission_view(scorer, hard_by_seed)
         with hist.lock:
             hist.sync(s)
@@ -180,7 +189,5 @@ class FeedbackGuard:
             own = near["nearest_own"]
             flipped = hist.flipped_rows(v, near["nearest_own_id"]) if own is not None and 0 < own <= MAX_FLIPPED else []
         full = np.concatenate(hard_by_seed)
-        fp = Fingerprint(researcher_id=who, testbed=scorer.name, kind="submit", n_rows=len(hard_by_seed[0]), bits=pack(full),
-                         flipped=dumps(flipped), **near)
-        s.add(fp)
-        return fp
+        return dict(researcher_id=who, testbed=scorer.name, kind="submit", n_rows=len(hard_by_seed[0]), bits=pack(full),
+                    flipped=dumps(flipped), **near)
