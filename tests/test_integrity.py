@@ -5,6 +5,7 @@ deliberately hacked submissions (the sandboxed end-to-end runs are in test_redte
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -112,6 +113,38 @@ def test_answers_reused_within_the_radius_and_fresh_beyond(db) -> None:  # type:
     # without hardening the guard answers like the plain scorer
     plain = FeedbackGuard(SECRET, dev_noise=0, dev_radius=0)
     assert ask(engine, plain, ids["zed"], sc, base)[0] == sc.evaluate(base)
+
+
+def test_ladder_answers_only_improvements_and_replays_from_the_database(db) -> None:  # type: ignore[no-untyped-def]
+    from w2slab.integrity.guard import FeedbackGuard
+
+    engine, ids = db
+    sc, guard = make_scorer(), FeedbackGuard(SECRET, dev_noise=0, dev_radius=0, ladder=0.01)
+    rng = np.random.default_rng(4)
+    mid, worse, better = (noisy_copy(sc.labels, r, rng) for r in (0.25, 0.40, 0.10))
+    first = ask(engine, guard, ids["alice"], sc, mid)[0]
+    assert first["improved"] is True and first["transfer_acc"] == round(sc.acc(mid, sc.dev), 2)
+    ans, fp = ask(engine, guard, ids["alice"], sc, worse)
+    assert ans["improved"] is False and (ans["pgr"], ans["transfer_acc"]) == (first["pgr"], first["transfer_acc"])
+    assert json.loads(fp["answer"])["transfer_acc"] == round(sc.acc(worse, sc.dev), 2)  # the real answer is kept for audit
+    assert ask(engine, guard, ids["eve"], sc, worse)[0]["improved"] is True  # each researcher climbs their own ladder
+    top = ask(engine, guard, ids["alice"], sc, better)[0]
+    assert top["improved"] is True and top["transfer_acc"] > first["transfer_acc"]
+    nudged = better.copy()
+    wrong = np.flatnonzero(nudged[sc.dev] != sc.labels[sc.dev])[:1]
+    nudged[sc.dev[wrong]] = sc.labels[sc.dev[wrong]]  # one more dev row right: within the margin, nothing learned
+    assert ask(engine, guard, ids["alice"], sc, nudged)[0] == {**top, "improved": False, "note": ANY_NOTE}
+    # another process (a second uvicorn worker, a restart) replays the same ladder from the database
+    again = FeedbackGuard(SECRET, dev_noise=0, dev_radius=0, ladder=0.01)
+    assert ask(engine, again, ids["alice"], sc, worse)[0]["transfer_acc"] == top["transfer_acc"]
+
+
+class _AnyNote(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and "not better than your best" in other
+
+
+ANY_NOTE = _AnyNote()
 
 
 def test_probe_detector_flags_flips_and_coordination_not_honest_work(db) -> None:  # type: ignore[no-untyped-def]

@@ -62,6 +62,8 @@ class Settings(BaseModel):
     dev_noise: float = Field(1.0, ge=0, description="dev-answer noise, in multiples of the dev accuracy's sampling error (0: off)")
     dev_reuse_radius: int | None = Field(None, ge=0, description="rows; None: max(2, 1% of dev rows); 0: off")
     submit_dup_radius: int | None = Field(None, ge=0, description="refuse submissions 1..N rows from an earlier one; None: auto; 0: off")
+    dev_ladder: float | None = Field(None, gt=0, le=0.5, description="Ladder margin in dev accuracy: answer only improvements "
+                                                                     "on the researcher's best by more than this (None: off)")
     audits: bool = True
     audit_workers: int = Field(1, ge=0)
     audit_seeds: int = Field(2, ge=1, description="seeds for the teacher-dependence and generalisation re-runs")
@@ -113,7 +115,7 @@ def prepare(settings: Settings, recover: bool = True) -> GraderState:
         with write_session(engine) as s:
             s.exec(update(SubmissionCheck).where(col(SubmissionCheck.status) == "running").values(status="queued"))
             s.commit()
-    guard = FeedbackGuard(secret, settings.dev_noise, settings.dev_reuse_radius, settings.submit_dup_radius)
+    guard = FeedbackGuard(secret, settings.dev_noise, settings.dev_reuse_radius, settings.submit_dup_radius, settings.dev_ladder)
     return GraderState(settings, engine, Authenticator(engine, admin_token), scorers,
                        CodeStore(paths.home() / "grader" / "snapshots"), dash, secret, guard)
 

@@ -57,6 +57,7 @@ def serve(
     dev_noise: Annotated[float, typer.Option("--dev-noise", help="Dev-answer noise in multiples of the dev accuracy's sampling error (0: off).")] = 1.0,
     dev_reuse_radius: Annotated[Optional[int], typer.Option("--dev-reuse-radius", help="Answer vectors within N dev rows of an earlier one with its answer (default: max(2, 1%); 0: off).")] = None,
     submit_dup_radius: Annotated[Optional[int], typer.Option("--submit-dup-radius", help="Refuse submissions 1..N final rows from an earlier one (default: auto; 0: off).")] = None,
+    dev_ladder: Annotated[Optional[float], typer.Option("--dev-ladder", help="Ladder (Blum & Hardt 2015): answer an evaluation only when it beats the researcher's best dev accuracy by more than this margin (e.g. 0.01); otherwise repeat the best's numbers with improved=false. Default: off.")] = None,
     audits: Annotated[bool, typer.Option("--audits/--no-audits", help="Audit every submission in the sandbox (re-run, teacher dependence, label access, generalisation).")] = True,
     audit_workers: Annotated[int, typer.Option("--audit-workers", help="Audit threads per server process.")] = 1,
     audit_seeds: Annotated[int, typer.Option("--audit-seeds", help="Seeds for the teacher-dependence and generalisation re-runs.")] = 2,
@@ -64,6 +65,7 @@ def serve(
 ) -> None:
     """Run the grader: compute or load baselines, migrate the database, then serve the API and dashboard."""
     import uvicorn
+    from pydantic import ValidationError
 
     from w2slab.cli import parse_seeds
     from w2slab.grader.app import SETTINGS_ENV, Settings, create_app, prepare
@@ -77,10 +79,13 @@ def serve(
             submit_total=submit_total, max_archive_bytes=int(max_archive_mb * 2**20),
             max_unpacked_bytes=int(max_unpacked_mb * 2**20), baseline_workers=baseline_workers,
             dashboard_open_on_loopback=not dashboard_login, dev_noise=dev_noise, dev_reuse_radius=dev_reuse_radius,
-            submit_dup_radius=submit_dup_radius, audits=audits, audit_workers=audit_workers, audit_seeds=audit_seeds,
+            submit_dup_radius=submit_dup_radius, dev_ladder=dev_ladder, audits=audits, audit_workers=audit_workers, audit_seeds=audit_seeds,
         )
         start = time.perf_counter()
         state = prepare(settings)  # once here, so workers start from the cache and a migrated database
+    except ValidationError as e:  # a bad option value: name the option, one line
+        _fail("; ".join(f"--{'-'.join(map(str, x['loc'])).replace('_', '-')}: {x['msg']}" for x in e.errors()))
+        return
     except (ValueError, TestbedError, RuntimeError) as e:
         _fail(str(e))
         return

@@ -32,6 +32,8 @@ class History:
     rows: np.ndarray  # scored test rows (dev or final)
     n_test: int
     n_seeds: int = 1
+    ladder: float | None = None  # evaluate: the Ladder's margin (None: off)
+    best: dict[int, dict[str, Any]] = field(default_factory=dict)  # Ladder: each researcher's best answer
     last_id: int = 0
     ids: list[int] = field(default_factory=list)
     rids: list[int] = field(default_factory=list)
@@ -65,6 +67,14 @@ class History:
             self.rids.append(fp.researcher_id)
             self.fresh.append(fp.anchor_id is None)
             self.answers.append(fp.answer)
+            answer = json.loads(fp.answer) if self.ladder is not None else None
+            if answer is not None and self.improves(fp.researcher_id, answer):
+                self.best[fp.researcher_id] = answer
+
+    def improves(self, who: int, answer: dict[str, Any]) -> bool:
+        """The Ladder's test: does ``answer`` beat ``who``'s best dev accuracy by more than the margin?"""
+        best = self.best.get(who)
+        return best is None or answer["transfer_acc"] > best["transfer_acc"] + (self.ladder or 0.0) + 1e-9
 
     def distances(self, v: np.ndarray) -> np.ndarray:
         if self._views is None or self._n == 0 or self._views.shape[1] != len(v):
@@ -98,8 +108,9 @@ class FeedbackGuard:
     """Dev answers (noise + reuse) and submission near-duplicate checks for every served testbed."""
 
     def __init__(self, secret: bytes, dev_noise: float = 1.0, dev_radius: int | None = None,
-                 submit_radius: int | None = None) -> None:
+                 submit_radius: int | None = None, ladder: float | None = None) -> None:
         self.secret, self.dev_noise, self.dev_radius, self.submit_radius = secret, dev_noise, dev_radius, submit_radius
+        self.ladder = ladder
         self._histories: dict[tuple[str, str], History] = {}
         self._lock = threading.Lock()
 
@@ -109,7 +120,8 @@ class FeedbackGuard:
             if key not in self._histories:
                 rows = scorer.dev if kind == "evaluate" else scorer.final
                 self._histories[key] = History(scorer.name, kind, np.asarray(rows), scorer.n_test,
-                                               1 if kind == "evaluate" else len(scorer.seeds))
+                                               1 if kind == "evaluate" else len(scorer.seeds),
+                                               ladder=self.ladder if kind == "evaluate" else None)
             return self._histories[key]
 
     def radius(self, scorer: Any) -> int:
@@ -150,8 +162,13 @@ class FeedbackGuard:
                 answer, anchor_id = self.fresh_answer(scorer, p1, v), None
             own = near["nearest_own"]
             flipped = hist.flipped_rows(v, near["nearest_own_id"]) if own is not None and 0 < own <= MAX_FLIPPED else []
-        return answer, dict(researcher_id=who, testbed=scorer.name, kind="evaluate", n_rows=len(h), bits=pack(h),
-                            anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), **near)
+            shown = answer
+            if hist.ladder is not None:  # the stored answer stays the real one: sync replays the Ladder from it
+                shown = ({**answer, "improved": True} if hist.improves(who, answer) else
+                         {**hist.best[who], "improved": False,
+                          "note": f"not better than your best by more than {hist.ladder}: these are your best's numbers"})
+        return shown, dict(researcher_id=who, testbed=scorer.name, kind="evaluate", n_rows=len(h), bits=pack(h),
+                           anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), **near)
 
     @staticmethod
     def record(s: Session, fingerprint: dict[str, Any], audit_id: int | None) -> int:
