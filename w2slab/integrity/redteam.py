@@ -28,6 +28,7 @@ near-duplicate refusal and the audits switched off, to show what they stop.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -42,7 +43,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -258,7 +259,7 @@ class AttackResult:
     @property
     def recovered(self) -> int:
         """Labels recovered beyond chance: correct guesses above the expected half."""
-        return max(0, int(round(self.correct - self.guessed / 2)))
+        return max(0, round(self.correct - self.guessed / 2))
 
     @property
     def ok(self) -> bool:
@@ -299,12 +300,14 @@ class Client:
         self.name = name
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         self.queries = 0
+        self.answers: list[float] = []  # every dev answer, in order
 
     def ask(self, testbed: str, p1: np.ndarray) -> float:
         r = self.http.post("/api/evaluate", json={"testbed": testbed, "predictions": [float(x) for x in p1]})
         r.raise_for_status()
         self.queries += 1
-        return float(r.json()["transfer_acc"])
+        self.answers.append(float(r.json()["transfer_acc"]))
+        return self.answers[-1]
 
     def upload(self, data: bytes) -> Any:
         return self.http.post("/api/snapshots", content=data, headers={"content-type": "application/gzip"})
@@ -352,6 +355,7 @@ class RedTeam:
         self.toy = make_testbed(self.workdir / "data" / "toy", "pairwise", (60, 240, self.test_rows), secret.randrange(2**31))
         self.toy2 = make_testbed(self.workdir / "data" / "toy2", "correctness", (60, 240, 200), secret.randrange(2**31))
         self.truth = true_labels(self.toy)
+        self._write_server_secret()
         self.port = _free_port()
         cmd = [sys.executable, "-m", "w2slab.grader.cli", "serve", "-t", f"toy={self.toy}", "-t", f"toy2={self.toy2}",
                "--weak", WEAK, "--strong", STRONG, "--baseline-workers", "1", "--port", str(self.port),
@@ -383,6 +387,22 @@ class RedTeam:
         self.seeds = self.admin.http.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
         return self
 
+    def server_secret(self) -> str:
+        """The throwaway grader's server secret, fixed by the red team's seed. It keys the dev
+        noise (and the submission seeds, and the audits' noisy numbers), so a secret drawn afresh
+        per run, as a real grader does on first start, would give every run other rounded answers,
+        other boundary searches and other query counts: the same seed must print the same numbers.
+        The attackers never use it; like the toy labels, it is only as secret as the seed."""
+        return "sec_" + hashlib.sha256(f"w2slab-redteam-server-secret:{self.seed}".encode()).hexdigest()
+
+    def _write_server_secret(self) -> None:
+        path = self.home / "grader" / "server_secret"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.server_secret() + "\n")
+        path.chmod(0o600)
+
     def stop(self) -> None:
         for c in self.clients.values():
             c.close()
@@ -398,7 +418,7 @@ class RedTeam:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> RedTeam:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -416,7 +436,7 @@ class RedTeam:
 
     # ---- the attacker's own computing (a kit, like any researcher's)
 
-    EXTRA_SEEDS = list(range(900, 906))
+    EXTRA_SEEDS: ClassVar[list[int]] = list(range(900, 906))
 
     def kit_predictions(self, code: str, seeds: list[int]) -> dict[int, np.ndarray]:
         """Run a method file on the researcher kit (no labels) on the attacker's side (cached)."""
