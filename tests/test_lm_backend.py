@@ -7,12 +7,14 @@ from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything below loads from local paths
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from tiny_lm import FILLER, keyword_split, make_tiny_lm
 
-from tiny_lm import make_tiny_lm
-from w2slab.models.base import BackendConfig, make_backend
+from w2slab.models.base import BackendConfig, make_backend, soft_xent
 from w2slab.models.lm import (
     LMBackend,
     label_token_id,
@@ -24,27 +26,6 @@ from w2slab.testbeds.format import Split
 
 torch.set_num_threads(2)
 
-FILLER = "the a is cat dog bird fish red blue green big small sky sea tree rock sun moon".split()
-
-
-def keyword_split(n: int = 64, seed: int = 0) -> Split:
-    """Pairwise rows whose label is set by a keyword in the prompt: alpha -> A, beta -> B."""
-    rng = np.random.default_rng(seed)
-    rows, labels = [], []
-    for i in range(n):
-        lab = i % 2
-        words = list(rng.choice(FILLER, rng.integers(2, 14)))
-        words.insert(int(rng.integers(0, len(words) + 1)), ("alpha", "beta")[lab])
-        rows.append(
-            {
-                "prompt": " ".join(words),
-                "first": " ".join(rng.choice(FILLER, rng.integers(1, 5))),
-                "second": " ".join(rng.choice(FILLER, rng.integers(1, 5))),
-            }
-        )
-        labels.append(lab)
-    return Split("pairwise", rows, np.array(labels))
-
 
 def correctness_split(n: int = 6) -> Split:
     rows = [{"question": f"is the sky {c} ?", "choice": ("yes", "no")[i % 2]} for i, c in enumerate(FILLER[:n])]
@@ -52,10 +33,10 @@ def correctness_split(n: int = 6) -> Split:
 
 
 def config(path: str, **kw) -> BackendConfig:
-    base = dict(
-        kind="lm", model=path, lr=2e-2, epochs=5, batch_size=16, lora_r=8, lora_alpha=16,
-        weight_decay=0.0, grad_checkpointing=False, device="cpu",
-    )
+    base = {
+        "kind": "lm", "model": path, "lr": 2e-2, "epochs": 5, "batch_size": 16, "lora_r": 8, "lora_alpha": 16,
+        "weight_decay": 0.0, "grad_checkpointing": False, "device": "cpu",
+    }
     return BackendConfig(**{**base, **kw})
 
 
@@ -143,7 +124,7 @@ def test_custom_loss_sees_weights_and_progress(lm_path, data):
     backend = LMBackend(config(lm_path, epochs=3)).fit(data, data.labels, weights, loss=always_b)
     assert all(s[1] == 2 and t == s for s, t, _, _ in calls)
     progress = [c[3] for c in calls]
-    assert progress[0] == 0.0 and all(0 <= a < b < 1 for a, b in zip(progress, progress[1:]))
+    assert progress[0] == 0.0 and all(0 <= a < b < 1 for a, b in itertools.pairwise(progress))
     seen = np.sort(np.concatenate([c[2] for c in calls[: len(calls) // 3]]))  # one epoch
     np.testing.assert_allclose(seen, np.sort(weights), atol=1e-7)
     assert (backend.predict_proba(data).argmax(1) == 1).all()  # the custom loss was optimised
@@ -208,3 +189,68 @@ def test_length_grouped_batches_cover_rows_and_limit_padding():
     random_batches = [list(range(i, min(i + 16, 1000))) for i in range(0, 1000, 16)]
     assert waste(batches) < 0.1 < waste(random_batches)
     assert waste(sorted_batches(lengths, 16)) < 0.02
+
+
+def coupled_loss(logits, targets, weights, progress):
+    """Soft cross-entropy plus a term that couples the rows (the batch's mean P(B) pulled to 0.5)."""
+    p_b = torch.softmax(logits, -1)[:, 1].mean()
+    return soft_xent(logits, targets, weights, progress) + (p_b - 0.5) ** 2
+
+
+def test_micro_batches_give_the_same_fit(lm_path, data):
+    """Splitting a batch into micro-batches (the out-of-memory fallback) leaves the gradient unchanged."""
+    sub = data.subset(range(24))
+    whole = LMBackend(config(lm_path, epochs=2, batch_size=8)).fit(sub, sub.labels, loss=coupled_loss)
+    split = LMBackend(config(lm_path, epochs=2, batch_size=8))
+    split.micro_batch = 3  # uneven: 3 + 3 + 2
+    split.fit(sub, sub.labels, loss=coupled_loss)
+    np.testing.assert_allclose(split.history, whole.history, atol=1e-5)
+    np.testing.assert_allclose(split.predict_proba(sub), whole.predict_proba(sub), atol=1e-5)
+
+
+def test_out_of_memory_turns_on_checkpointing_then_halves_the_micro_batch(lm_path, data, monkeypatch):
+    sub = data.subset(range(24))
+    reference = LMBackend(config(lm_path, epochs=2, batch_size=8)).fit(sub, sub.labels)
+    real, calls = LMBackend._label_logits, []
+
+    def flaky(self, *args):
+        calls.append(len(args[0]))
+        if len(calls) <= 2:  # the first two forwards run out of memory
+            raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory")
+        return real(self, *args)
+
+    monkeypatch.setattr(LMBackend, "_label_logits", flaky)
+    backend = LMBackend(config(lm_path, epochs=2, batch_size=8, grad_checkpointing=False))
+    with pytest.warns(RuntimeWarning, match="out of memory") as caught:
+        backend.fit(sub, sub.labels)
+    assert [str(w.message).rsplit("with ", 1)[1] for w in caught] == [
+        "activation checkpointing on", "micro-batches of 4 rows"]
+    assert backend.micro_batch == 4 and calls[:3] == [8, 8, 4]
+    assert all(layer.gradient_checkpointing for layer in backend._lm.model.layers)
+    assert len(backend.history) == len(reference.history)  # same batches and optimiser steps
+    np.testing.assert_allclose(backend.history, reference.history, atol=1e-5)
+    np.testing.assert_allclose(backend.predict_proba(sub), reference.predict_proba(sub), atol=1e-5)
+
+
+def test_out_of_memory_at_one_row_is_raised(lm_path, data, monkeypatch):
+    def oom(self, *args):
+        raise torch.cuda.OutOfMemoryError("simulated CUDA out of memory")
+
+    monkeypatch.setattr(LMBackend, "_label_logits", oom)
+    backend = LMBackend(config(lm_path, epochs=1, batch_size=2))
+    with pytest.warns(RuntimeWarning), pytest.raises(torch.cuda.OutOfMemoryError):
+        backend.fit(data.subset(range(4)), data.labels[:4])
+    assert backend.micro_batch == 1
+
+
+def test_attention_gets_no_mask_and_runs_causal(fitted, data, monkeypatch):
+    """SDPA sees no mask and ``is_causal=True``: the path that has flash kernels."""
+    seen, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("attn_mask"), kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    fitted.logits(data.subset(range(4)))
+    assert seen and all(mask is None and causal is True for mask, causal in seen)

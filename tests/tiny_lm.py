@@ -4,15 +4,19 @@
 path, so ``BackendConfig(kind="lm", model=path)`` loads it like a hub checkpoint — nothing is
 downloaded. The tokenizer is word-level: a word keeps its leading space (" A", " True" are
 single tokens), unknown words map to ``[UNK]``, and there is no pad token (the backend must
-fall back to eos).
+fall back to eos). ``keyword_split`` makes a small pairwise task the tiny model can learn.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from w2slab.testbeds.format import Split
+
 # Words the tokenizer knows, each with and without a leading space.
-WORDS = (
+WORDS = (  # noqa: SIM905 - a word list reads better as text
     "Question Answer Label A B True False yes no good bad alpha beta gamma delta "
     "the a an is was of to and or in on it this that which what why how cat dog bird fish "
     "red blue green big small fast slow one two three four five six seven eight nine ten "
@@ -79,3 +83,25 @@ def make_tiny_lm(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+FILLER = "the a is cat dog bird fish red blue green big small sky sea tree rock sun moon".split()  # noqa: SIM905
+
+
+def keyword_split(n: int = 64, seed: int = 0) -> Split:
+    """Pairwise rows whose label is set by a keyword in the prompt: alpha -> A, beta -> B."""
+    rng = np.random.default_rng(seed)
+    rows, labels = [], []
+    for i in range(n):
+        lab = i % 2
+        words = list(rng.choice(FILLER, rng.integers(2, 14)))
+        words.insert(int(rng.integers(0, len(words) + 1)), ("alpha", "beta")[lab])
+        rows.append(
+            {
+                "prompt": " ".join(words),
+                "first": " ".join(rng.choice(FILLER, rng.integers(1, 5))),
+                "second": " ".join(rng.choice(FILLER, rng.integers(1, 5))),
+            }
+        )
+        labels.append(lab)
+    return Split("pairwise", rows, np.array(labels))

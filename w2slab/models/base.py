@@ -8,8 +8,9 @@ training progress in [0, 1] — enough for confidence losses such as Burns et al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class BackendConfig:
         return asdict(self)
 
     @classmethod
-    def parse(cls, spec: str | dict[str, Any] | "BackendConfig", base: "BackendConfig | None" = None) -> "BackendConfig":
+    def parse(cls, spec: str | dict[str, Any] | BackendConfig, base: BackendConfig | None = None) -> BackendConfig:
         """Build from ``"probe:model=glove-50,epochs=20"`` or a dict, on top of ``base``."""
         if isinstance(spec, BackendConfig):
             return spec
@@ -106,7 +107,8 @@ def _coerce(key: str, val: Any, type_name: str) -> Any:
 
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "probe": {},
-    "lm": {"model": "", "epochs": 5, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.0},
+    # lm: no activation checkpointing unless a step runs out of memory (LMBackend then switches it on)
+    "lm": {"model": "", "epochs": 5, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.0, "grad_checkpointing": False},
 }
 
 
@@ -122,7 +124,7 @@ class Backend(Protocol):
         weights: np.ndarray | None = None,
         loss: LossFn = soft_xent,
         seed: int = 0,
-    ) -> "Backend":
+    ) -> Backend:
         """Train on ``targets`` (``(N,)`` class indices or ``(N, 2)`` soft labels)."""
         ...
 

@@ -9,14 +9,22 @@ full-vocabulary logits are ever formed.
 Throughput choices: batches are length-grouped and right-padded only to their own longest row
 (rounded up to a multiple of 8), and no attention mask is passed — with right padding and causal
 attention the real tokens never see the pads, so results are exact and SDPA takes its
-``is_causal`` (flash / memory-efficient) path. On CUDA the frozen base runs in bf16 under
-autocast with fp32 LoRA weights (peft's fp32 input casting is switched off so LoRA matmuls run in
-bf16 too); on CPU everything is fp32.
+``is_causal`` (flash) path. On CUDA the frozen base runs in bf16 under autocast with fp32 LoRA
+weights and fused AdamW (peft's fp32 input casting is switched off so LoRA matmuls run in bf16 too);
+host-to-device copies are pinned and asynchronous, and a training step never waits for the GPU
+(the losses are read once, after the last step); on CPU everything is fp32.
+
+Memory: activation checkpointing follows ``grad_checkpointing``. If a training step runs out of CUDA
+memory anyway, it is retried with checkpointing switched on, then with the batch split into
+micro-batches of half the size (and half again), so a fit never changes its batches, optimiser
+steps or results because of memory. ``compile=True`` compiles each decoder layer separately
+(regional compilation: the identical layers share one compiled graph).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import warnings
 from typing import Any
 
@@ -24,7 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from w2slab.models.base import BackendConfig, LossFn, as_soft_targets, resolve_device, soft_xent
+from w2slab.models.base import (
+    BackendConfig,
+    LossFn,
+    as_soft_targets,
+    resolve_device,
+    soft_xent,
+)
 from w2slab.testbeds.format import Split
 
 TEMPLATES = {
@@ -96,15 +110,38 @@ def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 def set_checkpointing(model: Any, on: bool, every_n_layers: int = 1) -> None:
     """Non-reentrant activation checkpointing on (every ``every_n_layers``-th layer) or off."""
     kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-        if on:
-            model.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers)
-        else:
-            model.activation_checkpointing_disable()
-    elif on:
+    new_api = hasattr(model, "activation_checkpointing_enable")  # later transformers 5 releases
+    if not on:
+        (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
+    elif new_api:
+        model.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers)
+    elif every_n_layers == 1:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     else:
-        model.gradient_checkpointing_disable()
+        try:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
+        except TypeError:  # this transformers checkpoints all layers or none
+            warnings.warn("this transformers version cannot checkpoint every n-th layer: checkpointing all", stacklevel=2)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def compile_layers(decoder: Any) -> None:
+    """Regional ``torch.compile``: decoder layers in place, so the identical layers share one graph.
+
+    Compiling 36 layers as one graph takes minutes; one layer takes seconds and its code is reused
+    by the others. Mask creation stays outside the compiled code, so SDPA keeps its causal kernels.
+    The first layer stays eager: in training its input needs no gradient while the others' do, so
+    compiling it would cost a second graph (and a second compilation per input shape).
+    """
+    import torch._dynamo.config as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # train/eval x static/dynamic shapes, peft swaps
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), 32))
+            break
+    layers = list(getattr(decoder, "layers", None) or [decoder])
+    for module in layers[1:] or layers:
+        module.compile()
 
 
 class LMBackend:
@@ -127,6 +164,8 @@ class LMBackend:
         self.model = model  # the (possibly peft-wrapped) causal LM
         self.tokenizer = tokenizer
         self.history: list[float] = []  # per-step training loss of the last fit
+        self.micro_batch: int | None = None  # rows per forward/backward; None: the whole batch (set on OOM)
+        self._oom_checkpointing = False  # checkpointing switched on after running out of memory
         self._base = None  # the un-wrapped causal LM
         self._forward = None  # decoder callable (maybe compiled)
         self._opt = None
@@ -161,8 +200,9 @@ class LMBackend:
         lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         lm.config.use_cache = False
         self._lm = lm
-        decoder = lm.get_decoder()
-        self._forward = torch.compile(decoder) if self.compile else decoder
+        self._forward = lm.get_decoder()
+        if self.compile:
+            compile_layers(self._forward)
 
     # ---- tokenisation ----------------------------------------------------------------------
     def label_ids(self, kind: str) -> torch.Tensor:
@@ -210,7 +250,13 @@ class LMBackend:
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         last = torch.tensor(lengths, dtype=torch.long) - 1
-        return ids.to(self.device, non_blocking=True), last.to(self.device, non_blocking=True)
+        return self._to_device(ids), self._to_device(last)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device; on CUDA pinned and asynchronous (no host-device sync)."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     # ---- forward ---------------------------------------------------------------------------
     def _autocast(self):
@@ -243,14 +289,18 @@ class LMBackend:
         ids = self.encode(data)
         label_ids = self.label_ids(data.kind)
         self.model.eval()
-        out: list[np.ndarray | None] = [None] * len(ids)
+        if not ids:
+            return np.zeros((0, 2), np.float32)
+        batches = sorted_batches([len(s) for s in ids], self.config.batch_size)
+        parts = []
         with torch.inference_mode(), self._autocast():
-            for batch in sorted_batches([len(s) for s in ids], self.config.batch_size):
+            for batch in batches:
                 x, last = self._pad([ids[i] for i in batch])
-                vals = fn(x, last, label_ids).float().cpu().numpy()
-                for i, v in zip(batch, vals):
-                    out[i] = v
-        return np.stack(out).astype(np.float32) if out else np.zeros((0, 2), np.float32)
+                parts.append(fn(x, last, label_ids).float())
+        vals = torch.cat(parts).cpu().numpy()  # one device-to-host copy, after the last batch
+        out = np.empty_like(vals)
+        out[[i for batch in batches for i in batch]] = vals
+        return out
 
     def logits(self, data: Split) -> np.ndarray:
         """``(N, 2)`` label-token logits (zero-shot before ``fit``)."""
@@ -277,7 +327,7 @@ class LMBackend:
         targets = [t for t in LORA_TARGETS if t in present]
         if not targets:
             raise ValueError(f"model has none of the LoRA target modules {LORA_TARGETS}")
-        set_checkpointing(base, cfg.grad_checkpointing, self.checkpoint_every)
+        set_checkpointing(base, cfg.grad_checkpointing or self._oom_checkpointing, self.checkpoint_every)
         torch.manual_seed(seed)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none")
         with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
@@ -289,7 +339,10 @@ class LMBackend:
                     m.cast_input_dtype_enabled = False
         self._bind()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
+        for p in params:  # fp32 master weights whatever peft's adapter dtype (autocast runs them in bf16)
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+        fused = all(p.device.type == "cuda" for p in params)  # fused AdamW: CUDA floating-point parameters
         self._opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         warm = max(1, round(cfg.warmup * total_steps)) if cfg.warmup > 0 else 0
 
@@ -312,14 +365,77 @@ class LMBackend:
         loss: LossFn = soft_xent,
     ) -> torch.Tensor:
         """One optimiser step on a padded batch; returns the (detached) loss without syncing."""
-        with self._autocast():
-            logits = self._label_logits(input_ids, last, label_ids)
-        value = loss(logits, targets, weights, progress)
         self._opt.zero_grad(set_to_none=True)
-        value.backward()
+        mb = self.micro_batch
+        if mb is None or mb >= len(input_ids):
+            with self._autocast():
+                logits = self._label_logits(input_ids, last, label_ids)
+            value = loss(logits, targets, weights, progress)
+            value.backward()
+        else:
+            value = self._micro_batched_backward(input_ids, last, label_ids, targets, weights, progress, loss, mb)
         self._opt.step()
         self._sched.step()
         return value.detach()
+
+    def _micro_batched_backward(
+        self,
+        input_ids: torch.Tensor,
+        last: torch.Tensor,
+        label_ids: torch.Tensor,
+        targets: torch.Tensor,
+        weights: torch.Tensor,
+        progress: float,
+        loss: LossFn,
+        mb: int,
+    ) -> torch.Tensor:
+        """The whole batch's loss and gradient, running the model ``mb`` rows at a time.
+
+        A loss may couple the rows of a batch, so the logits are computed without a graph first, the
+        loss's gradient with respect to them is taken once, and each micro-batch is then re-run with
+        a graph and back-propagated with its slice of that gradient: the gradient of one big batch,
+        for one extra forward pass.
+        """
+        parts = [slice(i, i + mb) for i in range(0, len(input_ids), mb)]
+        with torch.no_grad(), self._autocast():
+            logits = torch.cat([self._label_logits(input_ids[s], last[s], label_ids) for s in parts])
+        logits.requires_grad_(True)
+        value = loss(logits, targets, weights, progress)
+        (grad,) = torch.autograd.grad(value, logits, allow_unused=True)
+        if grad is None:  # the loss ignores the logits: nothing to back-propagate
+            return value
+        for s in parts:
+            with self._autocast():
+                part = self._label_logits(input_ids[s], last[s], label_ids)
+            part.backward(grad[s])
+        return value
+
+    def _fit_step(self, input_ids: torch.Tensor, *args: Any) -> torch.Tensor:
+        """``_train_step``, retried after CUDA out-of-memory: checkpointing on, then half the micro-batch."""
+        while True:
+            try:
+                return self._train_step(input_ids, *args)
+            except torch.cuda.OutOfMemoryError:
+                rows = self.micro_batch or len(input_ids)
+                if self._checkpointing_on() and rows <= 1:
+                    raise
+            # Outside the handler: its traceback no longer holds the failed step's activations.
+            self._opt.zero_grad(set_to_none=True)
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if not self._checkpointing_on():
+                self._oom_checkpointing = True
+                set_checkpointing(self._lm, True, self.checkpoint_every)
+                change = "activation checkpointing on"
+            else:
+                self.micro_batch = rows // 2
+                change = f"micro-batches of {self.micro_batch} rows"
+            warnings.warn(f"lm backend: out of memory on a batch of {len(input_ids)} rows; retrying with {change}",
+                          RuntimeWarning, stacklevel=2)
+
+    def _checkpointing_on(self) -> bool:
+        return bool(self.config.grad_checkpointing or self._oom_checkpointing)
 
     def fit(
         self,
@@ -328,7 +444,7 @@ class LMBackend:
         weights: np.ndarray | None = None,
         loss: LossFn = soft_xent,
         seed: int = 0,
-    ) -> "LMBackend":
+    ) -> LMBackend:
         cfg = self.config
         n = len(data) if cfg.n_train is None else min(cfg.n_train, len(data))
         y = torch.from_numpy(as_soft_targets(targets)[:n])
@@ -344,13 +460,13 @@ class LMBackend:
         steps_per_epoch = len(length_grouped_batches(lengths, cfg.batch_size, torch.Generator().manual_seed(seed)))
         total = max(1, cfg.epochs * steps_per_epoch)
         self._setup_training(total, seed)
-        y, w = y.to(self.device), w.to(self.device)
         values, step = [], 0
         for _ in range(cfg.epochs):
             for batch in length_grouped_batches(lengths, cfg.batch_size, gen):
                 x, last = self._pad([ids[i] for i in batch])
-                idx = torch.tensor(batch, device=self.device)
-                values.append(self._train_step(x, last, label_ids, y[idx], w[idx], step / total, loss))
+                rows = torch.tensor(batch)
+                yb, wb = self._to_device(y[rows]), self._to_device(w[rows])
+                values.append(self._fit_step(x, last, label_ids, yb, wb, step / total, loss))
                 step += 1
         self.history = torch.stack(values).float().cpu().tolist() if values else []
         self.model.eval()
@@ -370,4 +486,4 @@ def lm_param_counts(model: Any) -> dict[str, int]:
     return {"total": total, "trainable": trainable, "embedding": emb}
 
 
-__all__ = ["LMBackend", "label_token_id", "row_text", "truncate_ids", "length_grouped_batches", "lm_param_counts"]
+__all__ = ["LMBackend", "label_token_id", "length_grouped_batches", "lm_param_counts", "row_text", "truncate_ids"]
