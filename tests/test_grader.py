@@ -108,25 +108,30 @@ def test_tokens_and_roles(server: GraderServer, alice, toy: Path) -> None:
 # ---------------------------------------------------------------- evaluation
 
 
-def test_evaluate_scores_dev_half_only(server: GraderServer, bob, toy: Path, scorer) -> None:
+def test_evaluate_scores_dev_half_only(server: GraderServer, bob, alice, toy: Path, scorer) -> None:
     y = labels(toy)
     r = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": y.astype(float).tolist()})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"pgr", "transfer_acc"}  # nothing else about labels
-    assert body["transfer_acc"] == 1.0
+    assert set(body) == {"pgr", "transfer_acc", "improved", "ladder", "ladder_pgr"}  # nothing else about labels
+    assert body["transfer_acc"] == 1.0 and body["improved"] is True
+    assert body["ladder"] == 0.06  # the Ladder's default margin: one sampling error of 60 dev rows
+    assert body["ladder_pgr"] == round(0.06 / (scorer.ceiling_dev - scorer.weak_dev), 2)  # the same in PGR
     want = (1.0 - scorer.weak_dev) / (scorer.ceiling_dev - scorer.weak_dev)
     assert body["pgr"] == round(want, 2)
     # the final half never counts: flipping every final-row prediction changes nothing
     flipped = y.copy()
     flipped[scorer.final] = 1 - flipped[scorer.final]
     as_labels = ["B" if v else "A" for v in flipped]
-    r2 = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": as_labels})
-    assert r2.json() == body
-    # booleans are labels too; a 2-decimal score is all that comes back
-    r3 = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": [bool(v) for v in 1 - y]})
-    assert r3.json()["transfer_acc"] == 0.0
+    r2 = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": as_labels}).json()
+    assert (r2["pgr"], r2["transfer_acc"]) == (body["pgr"], body["transfer_acc"])
+    # booleans are labels too; through the Ladder a worse vector only learns it is not better
+    wrong = [bool(v) for v in 1 - y]
+    r3 = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": wrong})
+    assert r3.json()["transfer_acc"] == 1.0 and r3.json()["improved"] is False and "not better" in r3.json()["note"]
     assert int(r3.headers["x-budget-hour-left"]) == EVAL_PER_HOUR - 3
+    first = alice.post("/api/evaluate", json={"testbed": "toy", "predictions": wrong}).json()  # alice's own ladder
+    assert first["transfer_acc"] == 0.0 and first["improved"] is True
     assert len(scorer.dev) == 60 and len(set(scorer.dev) & set(scorer.final)) == 0
 
 

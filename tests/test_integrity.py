@@ -90,7 +90,7 @@ def test_answers_reused_within_the_radius_and_fresh_beyond(db) -> None:  # type:
     from w2slab.integrity.guard import FeedbackGuard
 
     engine, ids = db
-    sc, guard = make_scorer(), FeedbackGuard(SECRET)
+    sc, guard = make_scorer(), FeedbackGuard(SECRET, ladder=0)  # the Ladder off: reuse alone
     rng = np.random.default_rng(1)
     base = noisy_copy(sc.labels, 0.25, rng)
     a0, fp0 = ask(engine, guard, ids["alice"], sc, base)
@@ -111,7 +111,7 @@ def test_answers_reused_within_the_radius_and_fresh_beyond(db) -> None:  # type:
     exact = sc.acc(far, sc.dev)
     assert abs(ans["transfer_acc"] - exact) < 4 * noise_sd(exact, len(sc.dev), 1.0) + 0.006
     # without hardening the guard answers like the plain scorer
-    plain = FeedbackGuard(SECRET, dev_noise=0, dev_radius=0)
+    plain = FeedbackGuard(SECRET, dev_noise=0, dev_radius=0, ladder=0)
     assert ask(engine, plain, ids["zed"], sc, base)[0] == sc.evaluate(base)
 
 
@@ -134,9 +134,42 @@ def test_ladder_answers_only_improvements_and_replays_from_the_database(db) -> N
     wrong = np.flatnonzero(nudged[sc.dev] != sc.labels[sc.dev])[:1]
     nudged[sc.dev[wrong]] = sc.labels[sc.dev[wrong]]  # one more dev row right: within the margin, nothing learned
     assert ask(engine, guard, ids["alice"], sc, nudged)[0] == {**top, "improved": False, "note": ANY_NOTE}
+    assert top["ladder"] == 0.01 and top["ladder_pgr"] == 0.05  # the margin, also in PGR (dev gap 0.2)
     # another process (a second uvicorn worker, a restart) replays the same ladder from the database
     again = FeedbackGuard(SECRET, dev_noise=0, dev_radius=0, ladder=0.01)
     assert ask(engine, again, ids["alice"], sc, worse)[0]["transfer_acc"] == top["transfer_acc"]
+    # on by default, with one sampling error of the dev accuracy as the margin (200 dev rows: 0.04)
+    assert FeedbackGuard(SECRET).ladder_margin(sc) == 0.04 and FeedbackGuard(SECRET, ladder=0).ladder_margin(sc) is None
+
+
+def test_regression_attack_learns_nothing_through_the_ladder_and_is_flagged(db) -> None:  # type: ignore[no-untyped-def]
+    """Blum & Hardt's boosting attack: fresh random vectors, labels from answer/flip correlations.
+    Without the Ladder it reads most dev labels; with it (the default) it is at chance. Either way
+    the probe detector flags the chance-level random vectors."""
+    from w2slab.integrity.guard import FeedbackGuard
+    from w2slab.integrity.probes import probe_flags
+
+    engine, ids = db
+    sc = make_scorer()
+    dev = sc.dev
+    for who, guard in (("mallory", FeedbackGuard(SECRET, ladder=0)), ("eve", FeedbackGuard(SECRET))):
+        rng = np.random.default_rng(5)
+        base = rng.integers(0, 2, sc.n_test).astype(float)
+        flips, answers = [], []
+        for _ in range(250):
+            f = rng.random(sc.n_test) < 0.5
+            flips.append(f)
+            answers.append(ask(engine, guard, ids[who], sc, np.where(f, 1 - base, base))[0]["transfer_acc"])
+        F, a = np.asarray(flips, dtype=float), np.asarray(answers)
+        corr = (F - F.mean(0)).T @ (a - a.mean())
+        guess = np.where(corr > 0, 1 - base, base)
+        right = float((guess[dev] == sc.labels[dev]).mean()) - float((base[dev] == sc.labels[dev]).mean())
+        if who == "mallory":
+            assert right > 0.15  # the hole the Ladder closes: most dev labels read off plain noisy answers
+        else:
+            assert abs(right) < 0.08  # through the Ladder: no better than the starting vector
+    flagged = {f["researcher"] for f in probe_flags(engine) if f["kind"] == "probe-random-vectors"}
+    assert flagged == {"mallory", "eve"}
 
 
 class _AnyNote(str):

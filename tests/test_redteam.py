@@ -64,18 +64,20 @@ def by_name(rt: RedTeam) -> dict:
 def test_every_attack_caught_and_nothing_recovered(rt: RedTeam) -> None:
     table = "\n".join(" | ".join(row) for row in table_rows(rt.results))
     print(table)
-    assert len(rt.results) == 10
+    assert len(rt.results) == 11
     for r in rt.results:
         assert r.p_value >= 0.01, f"{r.name} recovered labels beyond chance:\n{table}"
         assert r.caught == r.expect_caught, f"{r.name}: caught={r.caught}:\n{table}"
     res = by_name(rt)
     assert res["single-flip probe"].guessed >= 150 and res["coordinated probe"].guessed >= 100  # they really probed
+    assert res["regression probe"].guessed >= 390 and res["regression probe"].queries == 200
 
 
 def test_each_attack_is_caught_by_the_right_check(rt: RedTeam) -> None:
     res = by_name(rt)
     assert "probe-single-flips" in res["single-flip probe"].caught_by
     assert "probe-coordinated" in res["coordinated probe"].caught_by
+    assert "probe-random-vectors" in res["regression probe"].caught_by
     assert {"constant-predictions", "teacher-free"} <= set(res["majority answer"].caught_by)
     assert "teacher-free" in res["lexicon, no teacher"].caught_by
     assert "irreproducible" in res["fake predictions"].caught_by

@@ -134,6 +134,15 @@ def test_research_session_lands_in_the_grader(run) -> None:
         assert {"message", "tool_call", "tool_result", "event"} <= types
         assert len([x for x in lines if x["type"] == "tool_call" and x["tool"] == "grader.evaluate"]) == len(evals)
         assert any(x["type"] == "tool_call" and x["tool"] == "sandbox.run" and x["args"]["sandboxed"] == sandboxed for x in lines)
+        # through the grader's Ladder (on by default): an answer "not improved" is scored a margin below the best
+        answers = [x["result"] for x in lines if x["type"] == "tool_result" and x["tool"] == "grader.evaluate"
+                   and isinstance(x.get("result"), dict) and "improved" in x["result"]]
+        assert len(answers) == len(evals) and answers[0]["improved"] is True
+        best = max(a["pgr"] for a in answers if a["improved"])
+        nb = json.loads((ws / "notebook.json").read_text())
+        for e in nb["experiments"]:
+            for seed in e.get("censored", []):
+                assert e["pgr"][str(seed)] <= best - answers[0]["ladder_pgr"] + 1e-9
     assert any(b["method_name"] == "naive (reference)" for b in board)
     # totals and the summary
     total = status["total"]

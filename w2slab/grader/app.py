@@ -62,8 +62,9 @@ class Settings(BaseModel):
     dev_noise: float = Field(1.0, ge=0, description="dev-answer noise, in multiples of the dev accuracy's sampling error (0: off)")
     dev_reuse_radius: int | None = Field(None, ge=0, description="rows; None: max(2, 1% of dev rows); 0: off")
     submit_dup_radius: int | None = Field(None, ge=0, description="refuse submissions 1..N rows from an earlier one; None: auto; 0: off")
-    dev_ladder: float | None = Field(None, gt=0, le=0.5, description="Ladder margin in dev accuracy: answer only improvements "
-                                                                     "on the researcher's best by more than this (None: off)")
+    dev_ladder: float | None = Field(None, ge=0, le=0.5, description="Ladder margin in dev accuracy: answer only improvements on "
+                                                                     "the researcher's best by more than this; None: auto "
+                                                                     "(one dev sampling error); 0: off")
     audits: bool = True
     audit_workers: int = Field(1, ge=0)
     audit_seeds: int = Field(2, ge=1, description="seeds for the teacher-dependence and generalisation re-runs")
@@ -71,6 +72,7 @@ class Settings(BaseModel):
     probe_flip_min: int = 5
     probe_near_min: int = 10
     probe_coord_min: int = 5
+    probe_random_min: int = 10
 
 
 @dataclass
@@ -88,7 +90,7 @@ class GraderState:
     @property
     def thresholds(self) -> ProbeThresholds:
         st = self.settings
-        return ProbeThresholds(st.probe_flip_min, st.probe_near_min, st.probe_coord_min)
+        return ProbeThresholds(st.probe_flip_min, st.probe_near_min, st.probe_coord_min, st.probe_random_min)
 
     def scorer(self, name: str) -> Scorer:
         if name not in self.scorers:

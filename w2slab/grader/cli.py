@@ -57,7 +57,7 @@ def serve(
     dev_noise: Annotated[float, typer.Option("--dev-noise", help="Dev-answer noise in multiples of the dev accuracy's sampling error (0: off).")] = 1.0,
     dev_reuse_radius: Annotated[Optional[int], typer.Option("--dev-reuse-radius", help="Answer vectors within N dev rows of an earlier one with its answer (default: max(2, 1%); 0: off).")] = None,
     submit_dup_radius: Annotated[Optional[int], typer.Option("--submit-dup-radius", help="Refuse submissions 1..N final rows from an earlier one (default: auto; 0: off).")] = None,
-    dev_ladder: Annotated[Optional[float], typer.Option("--dev-ladder", help="Ladder (Blum & Hardt 2015): answer an evaluation only when it beats the researcher's best dev accuracy by more than this margin (e.g. 0.01); otherwise repeat the best's numbers with improved=false. Default: off.")] = None,
+    dev_ladder: Annotated[Optional[float], typer.Option("--dev-ladder", help="Ladder margin (Blum & Hardt 2015): an evaluation gets its own numbers only when it beats the researcher's best dev accuracy by more than this; otherwise the best's numbers again, with improved=false (default: one sampling error of the dev accuracy, 0.5/sqrt(dev rows); 0: off).")] = None,
     audits: Annotated[bool, typer.Option("--audits/--no-audits", help="Audit every submission in the sandbox (re-run, teacher dependence, label access, generalisation).")] = True,
     audit_workers: Annotated[int, typer.Option("--audit-workers", help="Audit threads per server process.")] = 1,
     audit_seeds: Annotated[int, typer.Option("--audit-seeds", help="Seeds for the teacher-dependence and generalisation re-runs.")] = 2,

@@ -24,6 +24,8 @@ def redteam(
     coord_budget: Annotated[int, typer.Option("--coord-budget", min=1, help="Evaluations of each coordinated attacker.")] = 100,
     unhardened: Annotated[bool, typer.Option("--unhardened", help="Switch the defences off (noise, reuse, near-duplicate "
                                                                   "refusal, audits) to see what they stop.")] = False,
+    no_ladder: Annotated[bool, typer.Option("--no-ladder", help="Switch only the Ladder off (noise, reuse and the rest stay on), "
+                                                                "to see what it stops.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the toy data and the attackers (default: random).")] = None,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Keep the server's files here (default: a temporary folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -37,13 +39,14 @@ def redteam(
     if workdir:
         workdir.mkdir(parents=True, exist_ok=True)
     with RedTeam(workdir, test_rows=rows, eval_budget=budget, coord_budget=coord_budget, unhardened=unhardened, seed=seed,
-                 quiet=as_json) as rt:
+                 ladder=not no_ladder, quiet=as_json) as rt:
         results = rt.run()
     if as_json:
-        print(json.dumps({"seed": rt.seed, "unhardened": unhardened, "ok": summary_ok(results),
+        print(json.dumps({"seed": rt.seed, "unhardened": unhardened, "ladder": not (no_ladder or unhardened), "ok": summary_ok(results),
                           "results": [r.to_dict() for r in results]}, indent=1))
     else:
-        table = Table(title=f"red team ({'UNHARDENED' if unhardened else 'hardened'} grader, {rows} test rows, seed {rt.seed})")
+        mode = "UNHARDENED" if unhardened else ("hardened, NO LADDER" if no_ladder else "hardened")
+        table = Table(title=f"red team ({mode} grader, {rows} test rows, seed {rt.seed})")
         for c in ("attack", "researcher(s)", "queries", "recovered (correct/guessed)", "p (binomial vs 0.5)", "caught", ""):
             table.add_column(c, overflow="fold")
         for row in table_rows(results):

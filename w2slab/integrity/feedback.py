@@ -19,9 +19,10 @@ flipped label is right. Two mechanisms stop it:
    boundary trick has no boundary to sit on. The error this adds is at most ``radius / n_dev``,
    below the 0.01 rounding.
 
-What remains is statistical: an attacker who spends thousands of evaluations on vectors that
-differ in many rows can still fit a regression (each answer carries a little information about
-all rows). Budgets bound it and :mod:`w2slab.integrity.probes` flags the patterns; see README.
+What remains is statistical: an attacker who spends hundreds of evaluations on random vectors
+that differ in many rows can fit a regression (each answer carries a little information about
+all rows). The Ladder in :mod:`w2slab.integrity.guard` (answer only improvements on the
+researcher's best) stops that, and :mod:`w2slab.integrity.probes` flags the patterns; see README.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The grader side of the hardened feedback: per-testbed histories of fingerprints (kept in
-memory, synced from the database inside each write transaction), dev answers with keyed noise
-and reuse, and the near-duplicate check on submissions."""
+memory, synced from the database inside each write transaction), dev answers with keyed noise,
+reuse and the Ladder, and the near-duplicate check on submissions."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class FeedbackGuard:
     def __init__(self, secret: bytes, dev_noise: float = 1.0, dev_radius: int | None = None,
                  submit_radius: int | None = None, ladder: float | None = None) -> None:
         self.secret, self.dev_noise, self.dev_radius, self.submit_radius = secret, dev_noise, dev_radius, submit_radius
-        self.ladder = ladder
+        self.ladder = ladder  # None: auto (ladder_margin), 0: off
         self._histories: dict[tuple[str, str], History] = {}
         self._lock = threading.Lock()
 
@@ -121,8 +121,15 @@ class FeedbackGuard:
                 rows = scorer.dev if kind == "evaluate" else scorer.final
                 self._histories[key] = History(scorer.name, kind, np.asarray(rows), scorer.n_test,
                                                1 if kind == "evaluate" else len(scorer.seeds),
-                                               ladder=self.ladder if kind == "evaluate" else None)
+                                               ladder=self.ladder_margin(scorer) if kind == "evaluate" else None)
             return self._histories[key]
+
+    def ladder_margin(self, scorer: Any) -> float | None:
+        """The Ladder's margin in dev accuracy: the setting, or by default one sampling error of an
+        accuracy near 0.5 on the dev half (0.5 / sqrt(n_dev), to 2 decimals, at least 0.01); None: off."""
+        if self.ladder is None:
+            return max(0.01, round(0.5 / math.sqrt(max(1, len(scorer.dev))), 2))
+        return self.ladder or None
 
     def radius(self, scorer: Any) -> int:
         return default_radius(len(scorer.dev)) if self.dev_radius is None else self.dev_radius
@@ -164,9 +171,11 @@ class FeedbackGuard:
             flipped = hist.flipped_rows(v, near["nearest_own_id"]) if own is not None and 0 < own <= MAX_FLIPPED else []
             shown = answer
             if hist.ladder is not None:  # the stored answer stays the real one: sync replays the Ladder from it
-                shown = ({**answer, "improved": True} if hist.improves(who, answer) else
-                         {**hist.best[who], "improved": False,
-                          "note": f"not better than your best by more than {hist.ladder}: these are your best's numbers"})
+                margin = {"ladder": hist.ladder, "ladder_pgr": round(hist.ladder / (scorer.ceiling_dev - scorer.weak_dev), 2)
+                          if scorer.ceiling_dev > scorer.weak_dev else None}
+                shown = ({**answer, "improved": True, **margin} if hist.improves(who, answer) else
+                         {**hist.best[who], "improved": False, **margin,
+                          "note": f"not better than your best dev accuracy by more than {hist.ladder}: these are your best's numbers"})
         return shown, dict(researcher_id=who, testbed=scorer.name, kind="evaluate", n_rows=len(h), bits=pack(h),
                            anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), **near)
 

@@ -11,6 +11,10 @@ From those, per researcher and testbed:
 - ``probe-coordinated`` (high): at least ``coord_min`` evaluations are within ``h`` rows (but not
   identical) of another researcher's evaluation: the same probing spread over several accounts.
   Both researchers are flagged.
+- ``probe-random-vectors`` (high): at least ``random_min`` evaluations score within two sampling
+  errors of chance (0.5) *and* are at least 30% of the scored rows from every earlier vector of
+  theirs: fresh random vectors, the raw material of the regression (boosting) attack. (The Ladder
+  is what stops that attack; this flag makes the naive form of it visible.)
 
 Flags are computed live from the stored fingerprints (cheap aggregates), so they are always
 current: ``GET /api/admin/flags``, the dashboard's researchers page and ``w2slab audit``.
@@ -35,6 +39,7 @@ class ProbeThresholds:
     flip_min: int = 5
     near_min: int = 10
     coord_min: int = 5
+    random_min: int = 10
 
     def near_rows(self, n_scored: int) -> int:
         return max(3, math.ceil(0.005 * n_scored))
@@ -47,13 +52,18 @@ def probe_flags(engine: Engine, thresholds: ProbeThresholds | None = None, resea
         names = dict(s.exec(select(Researcher.id, Researcher.name)).all())
         rows = s.exec(select(Fingerprint.researcher_id, Fingerprint.testbed, Fingerprint.n_rows, Fingerprint.nearest_own,
                              Fingerprint.nearest_other, Fingerprint.nearest_other_researcher_id, Fingerprint.flipped,
-                             Fingerprint.created_at).where(Fingerprint.kind == "evaluate").order_by(col(Fingerprint.id))).all()
+                             Fingerprint.created_at, Fingerprint.answer)
+                      .where(Fingerprint.kind == "evaluate").order_by(col(Fingerprint.id))).all()
     stats: dict[tuple[int, str], dict[str, Any]] = defaultdict(lambda: {"n": 0, "near": 0, "flips": 0, "rows": set(), "last": 0.0,
-                                                                         "partners": defaultdict(int), "h": 3})
-    for rid, tb, n_rows, own, other, other_rid, flipped, created in rows:
+                                                                         "partners": defaultdict(int), "h": 3, "random": 0})
+    for rid, tb, n_rows, own, other, other_rid, flipped, created, answer in rows:
         st = stats[(rid, tb)]
-        h = t.near_rows(n_rows // 2)  # evaluations score the dev half
+        n_dev = n_rows // 2  # evaluations score the dev half
+        h = t.near_rows(n_dev)
         st["h"], st["n"], st["last"] = h, st["n"] + 1, max(st["last"], created)
+        acc = json.loads(answer).get("transfer_acc")
+        if isinstance(acc, (int, float)) and abs(acc - 0.5) <= 1 / math.sqrt(max(1, n_dev)) and (own is None or own >= 0.3 * n_dev):
+            st["random"] += 1
         if own is not None and own <= h:
             st["near"] += 1
         if own is not None and 1 <= own <= 2:
@@ -82,6 +92,11 @@ def probe_flags(engine: Engine, thresholds: ProbeThresholds | None = None, resea
                 f"({len(rows_)} distinct rows flipped): systematic single-row probing",
                 {"evaluations": st["n"], "single_flip_evaluations": st["flips"], "rows_flipped": rows_[:50],
                  "n_rows_flipped": len(rows_)}, st["last"])
+        if st["random"] >= t.random_min:
+            add(rid, tb, "probe-random-vectors", "high",
+                f"{st['random']} of {st['n']} evaluations are chance-level vectors far from all their earlier ones: "
+                "the pattern of a regression (boosting) attack on the dev labels",
+                {"evaluations": st["n"], "random_vectors": st["random"]}, st["last"])
         if st["near"] >= t.near_min:
             add(rid, tb, "probe-near-duplicates", "warning",
                 f"{st['near']} of {st['n']} evaluations are within {st['h']} rows of an earlier one of theirs",

@@ -8,6 +8,7 @@ attack, each with an ordinary researcher token and budget:
 ===================  ==========================================================================
 single-flip probe    sit at a rounding boundary, then flip one row at a time (whole budget)
 coordinated probe    three accounts share a base vector, split and overlap the rows, average
+regression probe     Blum & Hardt's boosting attack: fresh random vectors, labels from correlations
 majority answer      submit "A" for every row (the most common answer): teacher-free
 lexicon, no teacher  a hand-written sentiment lexicon, never reads the weak labels: teacher-free
 fake predictions     upload a naive method, submit better predictions it did not produce
@@ -326,13 +327,13 @@ class RedTeam:
 
     def __init__(self, workdir: Path | None = None, test_rows: int = 400, eval_budget: int = 250, coord_budget: int = 100,
                  unhardened: bool = False, seed: int | None = None, audit_timeout: float = 300.0, quiet: bool = True,
-                 final_probes: int = 4, audit_workers: int = 2) -> None:
+                 final_probes: int = 4, audit_workers: int = 2, ladder: bool = True) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="w2slab-redteam-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.home = self.workdir / "home"
         self.test_rows, self.eval_budget, self.coord_budget = test_rows, eval_budget, coord_budget
         self.unhardened, self.audit_timeout, self.quiet, self.final_probes = unhardened, audit_timeout, quiet, final_probes
-        self.audit_workers = audit_workers
+        self.audit_workers, self.ladder = audit_workers, ladder
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.rng = np.random.default_rng(self.seed)
         self.proc: subprocess.Popen | None = None
@@ -363,7 +364,9 @@ class RedTeam:
                "--eval-total", str(self.eval_budget + 50), "--submit-per-hour", "100", "--submit-total", "100",
                "--audit-workers", str(self.audit_workers)]
         if self.unhardened:
-            cmd += ["--dev-noise", "0", "--dev-reuse-radius", "0", "--submit-dup-radius", "0", "--no-audits"]
+            cmd += ["--dev-noise", "0", "--dev-reuse-radius", "0", "--dev-ladder", "0", "--submit-dup-radius", "0", "--no-audits"]
+        elif not self.ladder:
+            cmd += ["--dev-ladder", "0"]
         env = dict(os.environ, W2SLAB_HOME=str(self.home), OMP_NUM_THREADS="1")
         env.pop("W2SLAB_ADMIN_TOKEN", None)
         self.log = self.workdir / "grader.log"
@@ -560,6 +563,28 @@ class RedTeam:
         res.queries = sum(c.queries for c in cs)
         return self._score(res, rows, guesses)
 
+    def attack_regression(self) -> AttackResult:
+        """The boosting attack on leaderboards (Blum & Hardt 2015): every query is a fresh random
+        vector (each row flipped with probability 1/2 from a base), so no two are close and answer
+        reuse never applies; each answer carries a little information about every scored row, and
+        a row's label is read off the correlation between its flips and the answers."""
+        res = AttackResult("regression probe", ["rex"], "fresh random vectors (half the rows flipped each), labels read off "
+                                                        "the correlation of answers and flips (whole budget)")
+        c = self.researcher("rex")
+        n = len(self.truth)
+        targets = [int(i) for i in self.rng.permutation(n)]
+        base = self._base(targets)
+        flips, answers = [], []
+        for _ in range(self.eval_budget):
+            f = self.rng.random(n) < 0.5
+            flips.append(f)
+            answers.append(c.ask("toy", np.where(f, 1 - base, base)))
+        F, a = np.asarray(flips, dtype=float), np.asarray(answers)
+        corr = (F - F.mean(0)).T @ (a - a.mean())  # > 0: flipping the row raises the score, the base label is wrong
+        rows = targets[: len(targets) - len(targets) % 6]
+        res.queries = c.queries
+        return self._score(res, rows, [int(1 - base[i]) if corr[i] > 0 else int(base[i]) for i in rows])
+
     def attack_majority(self) -> AttackResult:
         res = AttackResult("majority answer", ["connie"], "\"A\" for every row (the most common answer), teacher never used")
         c = self.researcher("connie")
@@ -705,7 +730,7 @@ class RedTeam:
                 res.notes += "the code found labels inside the sandbox! "
 
     def run(self) -> list[AttackResult]:
-        attacks = [self.attack_single_flip, self.attack_coordinated, self.attack_majority, self.attack_lexicon, self.attack_fake,
+        attacks = [self.attack_single_flip, self.attack_coordinated, self.attack_regression, self.attack_majority, self.attack_lexicon, self.attack_fake,
                    self.attack_label_files, self.attack_traversal, self.attack_cherry_pick, self.attack_final_probe, self.control]
         for attack in attacks:
             t = time.monotonic()

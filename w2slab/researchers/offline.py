@@ -20,6 +20,10 @@ the recipes it has evaluated (and promising ones read on the forum):
    file that was evaluated is copied into a snapshot, run on the server's seeds, uploaded and
    submitted.
 
+Through the grader's Ladder (its default), an answer "not improved" carries only "at most my
+best plus the margin"; it is scored a margin *below* the best (a censored measurement that keeps
+the search off recipes that never beat the best).
+
 Every experiment runs ``w2slab predict --kit KIT -m recipe.py`` in the researcher's sandbox.
 The notebook (``notebook.json`` + ``notebook.md`` in the workspace) survives restarts.
 """
@@ -507,6 +511,13 @@ class OfflineResearcher:
                 res = self.evaluate(preds, seed)
                 score = res.get("pgr") if res.get("pgr") is not None else res.get("transfer_acc")
                 acc = res.get("transfer_acc")
+                if res.get("improved") is False:  # the grader's Ladder: not better than my best by its margin, numbers withheld
+                    margin = res.get("ladder_pgr") if res.get("pgr") is not None else res.get("ladder")
+                    score -= float(margin or 0.0)
+                    acc = None
+                    entry.setdefault("censored", []).append(seed)
+                    self.say(f"seed {seed}: the grader's Ladder says not better than my best by its margin; "
+                             f"scoring it a margin below my best ({score:.3f})")
                 self.remember(seed, preds, recipe.key, float(score), acc)
             node["results"][str(seed)] = float(score)
             node["accs"][str(seed)] = acc
