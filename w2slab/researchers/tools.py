@@ -269,7 +269,8 @@ class Toolbox:
                        "output": {**STRING, "description": "predictions path (default runs/<name>-<n>.json)"}},
                       ["method_file"]), self.run_experiment),
             Tool("evaluate", "Score one seed's predictions on the grader's DEV half: returns PGR and transfer "
-                 "accuracy (2 decimals). Costs one grader query of a small budget.",
+                 "accuracy (2 decimals), new only when better than your best by the Ladder's margin "
+                 "(else improved=false and your best's numbers). Costs one grader query of a small budget.",
                  _obj({"predictions_file": STRING, "seed": {**INTEGER, "description": "default: the file's first seed"}},
                       ["predictions_file"]), self.evaluate),
             Tool("submit", "Submit a method for the leaderboard: uploads the method file's folder as a code "
