@@ -44,7 +44,8 @@ class VoteIn(BaseModel):
     value: Literal[1, -1] = 1
 
 
-def post_dict(p: Post, author: str, body: bool = True) -> dict[str, Any]:
+def post_dict(p: Any, author: str, body: bool = True) -> dict[str, Any]:
+    """A post (an ORM ``Post`` or a row with its columns) as the API returns it."""
     out = {
         "id": p.id, "kind": p.kind, "title": p.title, "author": author, "created_at": p.created_at,
         "score": p.score, "n_comments": p.n_comments, "metrics": json.loads(p.metrics) if p.metrics else None,
@@ -125,9 +126,11 @@ def search_posts(engine: Engine, q: str, limit: int = 50, include_audit: bool = 
         order = [i for (i,) in ids]
         if not order:
             return []
-        rows = s.exec(select(Post, Researcher.name).join(Researcher, col(Post.author_id) == col(Researcher.id))
+        listed = (Post.id, Post.kind, Post.title, Post.created_at, Post.score, Post.n_comments, Post.metrics,
+                  Post.submission_ids, Post.snapshot_shas)  # plain rows, no ORM objects and no bodies: search is hot
+        rows = s.exec(select(*listed, Researcher.name).join(Researcher, col(Post.author_id) == col(Researcher.id))
                       .where(col(Post.id).in_(order))).all()
-    by_id = {p.id: post_dict(p, n, body=False) for p, n in rows if include_audit or p.kind != AUDIT_KIND}
+    by_id = {p.id: post_dict(p, p.name, body=False) for p in rows if include_audit or p.kind != AUDIT_KIND}
     return [by_id[i] for i in order if i in by_id]
 
 

@@ -4,6 +4,7 @@ reuse and the Ladder, and the near-duplicate check on submissions."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import threading
@@ -36,8 +37,8 @@ class History:
     best: dict[int, dict[str, Any]] = field(default_factory=dict)  # Ladder: each researcher's best answer
     last_id: int = 0
     ids: list[int] = field(default_factory=list)
-    rids: list[int] = field(default_factory=list)
-    fresh: list[bool] = field(default_factory=list)
+    rids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # researcher of each view
+    fresh: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # got a fresh (not reused) answer
     answers: list[str] = field(default_factory=list)
     _views: np.ndarray | None = None
     _n: int = 0
@@ -59,13 +60,13 @@ class History:
             v = self.view(unpack(fp.bits, fp.n_rows * self.n_seeds))
             if self._views is None:
                 self._views, self._n = np.zeros((64, len(v)), dtype=np.uint8), 0
-            if self._n == len(self._views):
+                self.rids, self.fresh = np.zeros(64, dtype=np.int64), np.zeros(64, dtype=bool)
+            if self._n == len(self._views):  # grow by doubling: appends stay O(1), lookups stay vectorised
                 self._views = np.concatenate([self._views, np.zeros_like(self._views)])
-            self._views[self._n] = v
+                self.rids, self.fresh = np.concatenate([self.rids, self.rids]), np.concatenate([self.fresh, self.fresh])
+            self._views[self._n], self.rids[self._n], self.fresh[self._n] = v, fp.researcher_id, fp.anchor_id is None
             self._n += 1
             self.ids.append(fp.id)
-            self.rids.append(fp.researcher_id)
-            self.fresh.append(fp.anchor_id is None)
             self.answers.append(fp.answer)
             answer = json.loads(fp.answer) if self.ladder is not None else None
             if answer is not None and self.improves(fp.researcher_id, answer):
@@ -82,7 +83,7 @@ class History:
         return hamming(v, self._views[: self._n])
 
     def nearest(self, d: np.ndarray, who: int) -> dict[str, Any]:
-        rids = np.asarray(self.rids[: len(d)])
+        rids = self.rids[: len(d)]
         out: dict[str, Any] = {"nearest_own": None, "nearest_own_id": None, "nearest_other": None,
                                "nearest_other_id": None, "nearest_other_researcher_id": None}
         for name, mask in (("own", rids == who), ("other", rids != who)):
@@ -91,14 +92,14 @@ class History:
                 i = int(idx[np.argmin(d[idx])])
                 out[f"nearest_{name}"], out[f"nearest_{name}_id"] = int(d[i]), self.ids[i]
                 if name == "other":
-                    out["nearest_other_researcher_id"] = self.rids[i]
+                    out["nearest_other_researcher_id"] = int(self.rids[i])
         return out
 
     def flipped_rows(self, v: np.ndarray, index: int | None) -> list[int]:
         """Test rows (of the first seed) where ``v`` differs from fingerprint ``index``."""
         if index is None or self._views is None:
             return []
-        i = self.ids.index(index)
+        i = bisect.bisect_left(self.ids, index)  # ids are in increasing order
         n = len(self.rows)
         diff = np.flatnonzero(np.unpackbits(np.bitwise_xor(v, self._views[i]))[: n * self.n_seeds])
         return sorted({int(self.rows[j % n]) for j in diff})
@@ -160,7 +161,7 @@ class FeedbackGuard:
             radius = self.radius(scorer)
             anchor = None
             if radius > 0 and len(d):
-                cand = np.flatnonzero(np.asarray(hist.fresh[: len(d)]) & (d <= radius))
+                cand = np.flatnonzero(hist.fresh[: len(d)] & (d <= radius))
                 if len(cand):
                     anchor = int(cand[np.argmin(d[cand])])
             if anchor is not None:
