@@ -154,11 +154,13 @@ def test_researchers_evaluate_submit_forum(server: GraderServer, toy: Path, stat
 
         # dev feedback
         y = labels(toy)
-        r = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": y.astype(float).tolist()})
-        assert r.status_code == 200, r.text
-        assert set(r.json()) >= {"pgr", "transfer_acc"} and r.json()["transfer_acc"] > 0.8
         r = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": (1 - y).astype(float).tolist()})
         assert r.status_code == 200 and r.json()["transfer_acc"] < 0.2, r.text
+        r = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": y.astype(float).tolist()})
+        assert r.status_code == 200, r.text
+        assert set(r.json()) >= {"pgr", "transfer_acc"} and r.json()["transfer_acc"] > 0.8 and r.json()["improved"]
+        r = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": (1 - y).astype(float).tolist()})
+        assert r.json()["transfer_acc"] > 0.8 and r.json()["improved"] is False  # the Ladder, replayed from PostgreSQL
 
         # snapshot + submission -> leaderboard row
         r = alice.post("/api/snapshots", content=targz([("method/m.py", b"def m(): pass\n")]),
@@ -197,7 +199,7 @@ def test_researchers_evaluate_submit_forum(server: GraderServer, toy: Path, stat
         assert full["score"] == -1 and full["comments"][0]["author"] == "bob" and full["metrics"]["pgr"] == 0.31
 
         audit = admin.get("/api/admin/audit", params={"limit": 1000}).json()
-        assert sorted(a["kind"] for a in audit) == ["evaluate", "evaluate", "submit"]
+        assert sorted(a["kind"] for a in audit) == ["evaluate", "evaluate", "evaluate", "submit"]
         assert admin.get("/healthz").status_code == 200 and admin.get("/leaderboard").status_code == 200
         assert admin.get("/forum").status_code == 200
         state.update(sub=sub, snap=snap, post=post["id"], bob_token=bob.headers["Authorization"].split()[1],
