@@ -59,6 +59,7 @@ def research(
     max_restarts: Annotated[int, typer.Option("--max-restarts", help="Restarts of a crashed researcher.")] = 2,
     grace: Annotated[float, typer.Option("--grace", help="Seconds researchers get to submit after a stop or the deadline.")] = 120.0,
     eval_per_hour: Annotated[int, typer.Option("--eval-per-hour", help="Per-researcher hourly evaluations (grader started here).")] = 240,
+    dev_ladder: Annotated[Optional[float], typer.Option("--dev-ladder", help="Ladder margin of the grader started here (default: its default, one dev sampling error; 0: off).")] = None,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Do not submit the naive reference to the leaderboard.")] = False,
     serve_after: Annotated[bool, typer.Option("--serve-after", help="Keep the grader (and dashboard) up after the run, until Ctrl-C.")] = False,
 ) -> None:
@@ -76,7 +77,7 @@ def research(
             max_experiments=max_experiments, max_grader_queries=max_grader_queries, max_tokens=max_tokens, grader=grader,
             admin_token=admin_token, directions=directions, unsafe_no_sandbox=unsafe_no_sandbox, workdir=workdir, weak=weak,
             strong=strong, dev_seeds=parse_seeds(seeds), model=model, base_url=base_url, api_key_env=api_key_env,
-            max_restarts=max_restarts, grace_seconds=grace, eval_per_hour=eval_per_hour, baseline_submit=not no_baseline,
+            max_restarts=max_restarts, grace_seconds=grace, eval_per_hour=eval_per_hour, dev_ladder=dev_ladder, baseline_submit=not no_baseline,
             serve_after=serve_after,
         )
         run_research(opts)

@@ -503,7 +503,7 @@ class GraderProcess:
     """``w2slab serve`` started by the launcher, in its own process group."""
 
     def __init__(self, testbed_ref: str, folder: Path, weak: str | None, strong: str | None, seeds: list[int],
-                 admin_token: str, eval_per_hour: int, eval_total: int) -> None:
+                 admin_token: str, eval_per_hour: int, eval_total: int, dev_ladder: float | None = None) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -513,6 +513,7 @@ class GraderProcess:
         cmd = [sys.executable, "-m", "w2slab.grader.cli", "serve", "-t", testbed_ref, "--seeds", ",".join(map(str, seeds)),
                "--host", "127.0.0.1", "--port", str(self.port), "--db", self.db_url, "--baseline-workers", "1",
                "--eval-per-hour", str(eval_per_hour), "--eval-total", str(eval_total)]
+        cmd += ["--dev-ladder", str(dev_ladder)] if dev_ladder is not None else []
         cmd += ["--weak", weak] if weak else []
         cmd += ["--strong", strong] if strong else []
         self.cmd = cmd
@@ -668,6 +669,7 @@ class ResearchOptions:
     grace_seconds: float = 120.0
     eval_per_hour: int = 240
     eval_total: int = 2000
+    dev_ladder: float | None = None  # the started grader's Ladder margin (None: its default; 0: off)
     baseline_submit: bool = True
     serve_after: bool = False
     threads: int = 1
@@ -745,7 +747,7 @@ class Launcher:
             ref = f"{public}={data_ref}" if Path(data_ref).is_dir() else data_ref
             self.log(f"starting the grader for {public} (baselines are computed on first use; can take minutes)")
             self.grader = GraderProcess(ref, self.workdir / "grader", o.weak, o.strong, o.dev_seeds, self.admin_token,
-                                        o.eval_per_hour, o.eval_total)
+                                        o.eval_per_hour, o.eval_total, o.dev_ladder)
             self.grader.wait_ready()
             self.grader_url = self.grader.url
         self.admin = GraderClient(self.grader_url, self.admin_token)

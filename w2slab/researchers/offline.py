@@ -21,8 +21,9 @@ the recipes it has evaluated (and promising ones read on the forum):
    submitted.
 
 Through the grader's Ladder (its default), an answer "not improved" carries only "at most my
-best plus the margin"; it is scored a margin *below* the best (a censored measurement that keeps
-the search off recipes that never beat the best).
+best plus the margin"; it is recorded a margin *below* the best and marked censored: a recipe's
+mean and the seed-to-seed spread use its real answers, and only a recipe with nothing else is
+ranked by its censored ones (so the record holder is not dragged down by its own confirmations).
 
 Every experiment runs ``w2slab predict --kit KIT -m recipe.py`` in the researcher's sandbox.
 The notebook (``notebook.json`` + ``notebook.md`` in the workspace) survives restarts.
@@ -125,8 +126,16 @@ class Notebook:
         return "\n".join(lines) + "\n"
 
 
+def _measured(node: dict[str, Any]) -> list[float]:
+    """The node's per-seed scores the grader really answered (censored ones left out when it has any)."""
+    censored = set(node.get("censored", []))
+    real = [v for s, v in node["results"].items() if s not in censored]
+    return real or list(node["results"].values())
+
+
 def _mean(node: dict[str, Any]) -> float:
-    vals = list(node["results"].values())
+    """Mean dev score: over real answers; a node with only censored (Ladder) answers gets their mean."""
+    vals = _measured(node)
     return float(sum(vals) / len(vals)) if vals else -math.inf
 
 
@@ -181,7 +190,7 @@ class OfflineResearcher:
         """Pooled within-recipe sd of dev PGR across seeds (how noisy one measurement is)."""
         resid = []
         for n in self.nb.nodes.values():
-            vals = list(n["results"].values())
+            vals = [v for k, v in n["results"].items() if k not in set(n.get("censored", []))]
             if len(vals) >= 2:
                 m = sum(vals) / len(vals)
                 resid += [(v - m) ** 2 * len(vals) / (len(vals) - 1) for v in vals]
@@ -464,10 +473,10 @@ class OfflineResearcher:
                 return fp
         return None
 
-    def remember(self, seed: int, preds: list[float], key: str, score: float, acc: Any) -> None:
+    def remember(self, seed: int, preds: list[float], key: str, score: float, acc: Any, censored: bool = False) -> None:
         bits = np.packbits(np.asarray(preds) > 0.5).tobytes().hex()
         self.nb.data.setdefault("fingerprints", {}).setdefault(str(seed), []).append(
-            {"bits": bits, "key": key, "score": score, "acc": acc})
+            {"bits": bits, "key": key, "score": score, "acc": acc, "censored": censored})
 
     def _sleep(self, seconds: float) -> None:
         end = time.time() + seconds
@@ -503,7 +512,7 @@ class OfflineResearcher:
             preds = data["predictions"][str(seed)]
             dup = self.duplicate_of(seed, preds)
             if dup is not None:  # (nearly) the same answers as an evaluated vector: no new query, same score
-                score, acc = dup["score"], dup.get("acc")
+                score, acc, censored = dup["score"], dup.get("acc"), bool(dup.get("censored"))
                 entry.setdefault("reused", {})[str(seed)] = dup["key"]
                 self.say(f"seed {seed}: predictions within {self.dup_radius()} rows of those of {dup['key']}; "
                          "reusing its score instead of asking the grader again")
@@ -511,15 +520,18 @@ class OfflineResearcher:
                 res = self.evaluate(preds, seed)
                 score = res.get("pgr") if res.get("pgr") is not None else res.get("transfer_acc")
                 acc = res.get("transfer_acc")
-                if res.get("improved") is False:  # the grader's Ladder: not better than my best by its margin, numbers withheld
+                censored = res.get("improved") is False  # the grader's Ladder: not better than my best by its margin
+                if censored:
                     margin = res.get("ladder_pgr") if res.get("pgr") is not None else res.get("ladder")
                     score -= float(margin or 0.0)
                     acc = None
                     entry.setdefault("censored", []).append(seed)
                     self.say(f"seed {seed}: the grader's Ladder says not better than my best by its margin; "
                              f"scoring it a margin below my best ({score:.3f})")
-                self.remember(seed, preds, recipe.key, float(score), acc)
+                self.remember(seed, preds, recipe.key, float(score), acc, censored)
             node["results"][str(seed)] = float(score)
+            if censored:
+                node.setdefault("censored", []).append(str(seed))
             node["accs"][str(seed)] = acc
             scores[str(seed)] = score
             self.nb.save()
