@@ -132,6 +132,8 @@ def test_evaluate_scores_dev_half_only(server: GraderServer, bob, alice, toy: Pa
     assert int(r3.headers["x-budget-hour-left"]) == EVAL_PER_HOUR - 3
     first = alice.post("/api/evaluate", json={"testbed": "toy", "predictions": wrong}).json()  # alice's own ladder
     assert first["transfer_acc"] == 0.0 and first["improved"] is True
+    seeded = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": wrong, "seed": 7}).json()  # one ladder per seed
+    assert seeded["transfer_acc"] == 0.0 and seeded["improved"] is True
     assert len(scorer.dev) == 60 and len(set(scorer.dev) & set(scorer.final)) == 0
 
 

@@ -76,11 +76,11 @@ def db(tmp_path: Path):
     engine.dispose()
 
 
-def ask(engine, guard, who: int, sc: Scorer, p1: np.ndarray):  # type: ignore[no-untyped-def]
+def ask(engine, guard, who: int, sc: Scorer, p1: np.ndarray, seed: int | None = None):  # type: ignore[no-untyped-def]
     from w2slab.grader.db import write_session
 
     with write_session(engine) as s:
-        answer, fp = guard.evaluate(s, who, sc, p1)
+        answer, fp = guard.evaluate(s, who, sc, p1, seed)
         fp["id"] = guard.record(s, fp, None)
         s.commit()
         return answer, fp
@@ -116,6 +116,7 @@ def test_answers_reused_within_the_radius_and_fresh_beyond(db) -> None:  # type:
 
 
 def test_ladder_answers_only_improvements_and_replays_from_the_database(db) -> None:  # type: ignore[no-untyped-def]
+    from w2slab.grader.scoring import PredictionError
     from w2slab.integrity.guard import FeedbackGuard
 
     engine, ids = db
@@ -138,6 +139,13 @@ def test_ladder_answers_only_improvements_and_replays_from_the_database(db) -> N
     # another process (a second uvicorn worker, a restart) replays the same ladder from the database
     again = FeedbackGuard(SECRET, dev_noise=0, dev_radius=0, ladder=0.01)
     assert ask(engine, again, ids["alice"], sc, worse)[0]["transfer_acc"] == top["transfer_acc"]
+    # one ladder per seed (recipes compared on the same teacher seed), and only so many seeds
+    capped = FeedbackGuard(SECRET, dev_noise=0, dev_radius=0, ladder=0.01, ladder_seeds=2)
+    assert ask(engine, capped, ids["zed"], sc, mid, seed=1)[0]["improved"] is True
+    assert ask(engine, capped, ids["zed"], sc, worse, seed=1)[0]["improved"] is False  # worse on seed 1's ladder
+    assert ask(engine, capped, ids["zed"], sc, worse, seed=2)[0]["improved"] is True  # seed 2 climbs its own
+    with pytest.raises(PredictionError, match="ladders"):
+        ask(engine, capped, ids["zed"], sc, worse, seed=3)
     # on by default, with one sampling error of the dev accuracy as the margin (200 dev rows: 0.04)
     assert FeedbackGuard(SECRET).ladder_margin(sc) == 0.04 and FeedbackGuard(SECRET, ladder=0).ladder_margin(sc) is None
 

@@ -62,6 +62,7 @@ class Settings(BaseModel):
     dev_noise: float = Field(1.0, ge=0, description="dev-answer noise, in multiples of the dev accuracy's sampling error (0: off)")
     dev_reuse_radius: int | None = Field(None, ge=0, description="rows; None: max(2, 1% of dev rows); 0: off")
     submit_dup_radius: int | None = Field(None, ge=0, description="refuse submissions 1..N rows from an earlier one; None: auto; 0: off")
+    dev_ladder_seeds: int = Field(5, ge=1, le=100, description="ladders (seeds) per researcher and testbed")
     dev_ladder: float | None = Field(None, ge=0, le=0.5, description="Ladder margin in dev accuracy: answer only improvements on "
                                                                      "the researcher's best by more than this; None: auto "
                                                                      "(one dev sampling error); 0: off")
@@ -117,7 +118,8 @@ def prepare(settings: Settings, recover: bool = True) -> GraderState:
         with write_session(engine) as s:
             s.exec(update(SubmissionCheck).where(col(SubmissionCheck.status) == "running").values(status="queued"))
             s.commit()
-    guard = FeedbackGuard(secret, settings.dev_noise, settings.dev_reuse_radius, settings.submit_dup_radius, settings.dev_ladder)
+    guard = FeedbackGuard(secret, settings.dev_noise, settings.dev_reuse_radius, settings.submit_dup_radius, settings.dev_ladder,
+                          settings.dev_ladder_seeds)
     return GraderState(settings, engine, Authenticator(engine, admin_token), scorers,
                        CodeStore(paths.home() / "grader" / "snapshots"), dash, secret, guard)
 
@@ -140,6 +142,7 @@ class EvaluateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     testbed: str
     predictions: list[Any] = Field(description="P(class 1) in [0, 1], \"A\"/\"B\" or true/false, one per test row")
+    seed: int | None = Field(None, description="the seed these predictions are for: the Ladder keeps one best per seed")
 
 
 class SubmitIn(BaseModel):
@@ -372,7 +375,7 @@ def api_router() -> APIRouter:
         box: dict[str, Any] = {}
 
         def answer(s: Session, _: Any) -> dict[str, Any]:
-            box["answer"], box["fp"] = state.guard.evaluate(s, who.id or 0, sc, p1)  # type: ignore[union-attr]
+            box["answer"], box["fp"] = state.guard.evaluate(s, who.id or 0, sc, p1, body.seed)  # type: ignore[union-attr]
             return box["answer"]
 
         def link(s: Session, audit_id: int, _: Any) -> None:

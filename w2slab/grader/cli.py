@@ -58,6 +58,7 @@ def serve(
     dev_reuse_radius: Annotated[Optional[int], typer.Option("--dev-reuse-radius", help="Answer vectors within N dev rows of an earlier one with its answer (default: max(2, 1%); 0: off).")] = None,
     submit_dup_radius: Annotated[Optional[int], typer.Option("--submit-dup-radius", help="Refuse submissions 1..N final rows from an earlier one (default: auto; 0: off).")] = None,
     dev_ladder: Annotated[Optional[float], typer.Option("--dev-ladder", help="Ladder margin (Blum & Hardt 2015): an evaluation gets its own numbers only when it beats the researcher's best dev accuracy by more than this; otherwise the best's numbers again, with improved=false (default: one sampling error of the dev accuracy, 0.5/sqrt(dev rows); 0: off).")] = None,
+    dev_ladder_seeds: Annotated[int, typer.Option("--dev-ladder-seeds", help="Ladders per researcher and testbed: one per seed named in evaluations (the information a researcher can draw grows with this).")] = 5,
     audits: Annotated[bool, typer.Option("--audits/--no-audits", help="Audit every submission in the sandbox (re-run, teacher dependence, label access, generalisation).")] = True,
     audit_workers: Annotated[int, typer.Option("--audit-workers", help="Audit threads per server process.")] = 1,
     audit_seeds: Annotated[int, typer.Option("--audit-seeds", help="Seeds for the teacher-dependence and generalisation re-runs.")] = 2,
@@ -79,7 +80,7 @@ def serve(
             submit_total=submit_total, max_archive_bytes=int(max_archive_mb * 2**20),
             max_unpacked_bytes=int(max_unpacked_mb * 2**20), baseline_workers=baseline_workers,
             dashboard_open_on_loopback=not dashboard_login, dev_noise=dev_noise, dev_reuse_radius=dev_reuse_radius,
-            submit_dup_radius=submit_dup_radius, dev_ladder=dev_ladder, audits=audits, audit_workers=audit_workers, audit_seeds=audit_seeds,
+            submit_dup_radius=submit_dup_radius, dev_ladder=dev_ladder, dev_ladder_seeds=dev_ladder_seeds, audits=audits, audit_workers=audit_workers, audit_seeds=audit_seeds,
         )
         start = time.perf_counter()
         state = prepare(settings)  # once here, so workers start from the cache and a migrated database

@@ -132,7 +132,8 @@ class Fingerprint(SQLModel, table=True):
     n_rows: int  # rows per vector
     bits: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     anchor_id: int | None = None  # evaluate: the earlier fingerprint whose answer was reused
-    answer: str = "{}"  # evaluate: the JSON answer returned
+    answer: str = "{}"  # evaluate: the JSON answer (the real one: the Ladder may have shown the best's)
+    ladder_key: str | None = Field(default=None, max_length=32)  # evaluate: the seed whose ladder it climbed
     nearest_own: int | None = None  # Hamming distance (scored rows) to this researcher's nearest earlier vector
     nearest_own_id: int | None = None
     nearest_other: int | None = None  # ... and to anyone else's

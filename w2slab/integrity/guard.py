@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from w2slab.engine.stats import pgr
 from w2slab.grader.db import Fingerprint, dumps, now
+from w2slab.grader.scoring import PredictionError
 from w2slab.integrity.feedback import default_radius, noisy_accuracy
 from w2slab.integrity.fingerprint import hamming, pack, unpack
 
@@ -34,7 +35,7 @@ class History:
     n_test: int
     n_seeds: int = 1
     ladder: float | None = None  # evaluate: the Ladder's margin (None: off)
-    best: dict[int, dict[str, Any]] = field(default_factory=dict)  # Ladder: each researcher's best answer
+    best: dict[tuple[int, str | None], dict[str, Any]] = field(default_factory=dict)  # Ladder: best answer per (researcher, seed)
     last_id: int = 0
     ids: list[int] = field(default_factory=list)
     rids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # researcher of each view
@@ -51,7 +52,7 @@ class History:
     def sync(self, s: Session) -> None:
         t = FINGERPRINTS
         new = s.connection().execute(
-            select(t.c.id, t.c.n_rows, t.c.bits, t.c.researcher_id, t.c.anchor_id, t.c.answer)
+            select(t.c.id, t.c.n_rows, t.c.bits, t.c.researcher_id, t.c.anchor_id, t.c.answer, t.c.ladder_key)
             .where(t.c.testbed == self.testbed, t.c.kind == self.kind, t.c.id > self.last_id).order_by(t.c.id)).all()
         for fp in new:
             self.last_id = max(self.last_id, fp.id)
@@ -69,13 +70,17 @@ class History:
             self.ids.append(fp.id)
             self.answers.append(fp.answer)
             answer = json.loads(fp.answer) if self.ladder is not None else None
-            if answer is not None and self.improves(fp.researcher_id, answer):
-                self.best[fp.researcher_id] = answer
+            if answer is not None and self.improves((fp.researcher_id, fp.ladder_key), answer):
+                self.best[(fp.researcher_id, fp.ladder_key)] = answer
 
-    def improves(self, who: int, answer: dict[str, Any]) -> bool:
-        """The Ladder's test: does ``answer`` beat ``who``'s best dev accuracy by more than the margin?"""
-        best = self.best.get(who)
+    def improves(self, ladder: tuple[int, str | None], answer: dict[str, Any]) -> bool:
+        """The Ladder's test: does ``answer`` beat the best dev accuracy on this (researcher, seed)
+        ladder by more than the margin?"""
+        best = self.best.get(ladder)
         return best is None or answer["transfer_acc"] > best["transfer_acc"] + (self.ladder or 0.0) + 1e-9
+
+    def ladders_of(self, who: int) -> set[str | None]:
+        return {key for rid, key in self.best if rid == who}
 
     def distances(self, v: np.ndarray) -> np.ndarray:
         if self._views is None or self._n == 0 or self._views.shape[1] != len(v):
@@ -109,9 +114,10 @@ class FeedbackGuard:
     """Dev answers (noise + reuse) and submission near-duplicate checks for every served testbed."""
 
     def __init__(self, secret: bytes, dev_noise: float = 1.0, dev_radius: int | None = None,
-                 submit_radius: int | None = None, ladder: float | None = None) -> None:
+                 submit_radius: int | None = None, ladder: float | None = None, ladder_seeds: int = 5) -> None:
         self.secret, self.dev_noise, self.dev_radius, self.submit_radius = secret, dev_noise, dev_radius, submit_radius
         self.ladder = ladder  # None: auto (ladder_margin), 0: off
+        self.ladder_seeds = ladder_seeds  # ladders (seed keys) per researcher and testbed
         self._histories: dict[tuple[str, str], History] = {}
         self._lock = threading.Lock()
 
@@ -148,13 +154,20 @@ class FeedbackGuard:
         g = pgr(noisy, scorer.weak_dev, scorer.ceiling_dev)
         return {"pgr": None if math.isnan(g) else round(g, 2), "transfer_acc": round(noisy, 2)}
 
-    def evaluate(self, s: Session, who: int, scorer: Any, p1: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    def evaluate(self, s: Session, who: int, scorer: Any, p1: np.ndarray, seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The answer to one evaluation and its fingerprint row's values, for :meth:`record` in the
-        same write transaction (so reuse decisions are serialised)."""
+        same write transaction (so reuse decisions are serialised). ``seed`` picks the ladder: one
+        best per (researcher, seed), at most ``ladder_seeds`` seeds (the information a researcher
+        can draw through ladders grows with their number, so it is capped)."""
         h = np.asarray(p1) > 0.5
         hist = self.history(scorer, "evaluate")
+        key = None if seed is None else str(seed)
         with hist.lock:
             hist.sync(s)
+            if hist.ladder is not None and key not in (mine := hist.ladders_of(who)) and len(mine) >= self.ladder_seeds:
+                raise PredictionError(f"seed {seed}: you already climb {len(mine)} ladders (seeds "
+                                      f"{sorted(map(str, mine))}) on {scorer.name}, the most the grader keeps per researcher; "
+                                      "evaluate one of those seeds")
             v = hist.view(h)
             d = hist.distances(v)
             near = hist.nearest(d, who)
@@ -174,11 +187,13 @@ class FeedbackGuard:
             if hist.ladder is not None:  # the stored answer stays the real one: sync replays the Ladder from it
                 margin = {"ladder": hist.ladder, "ladder_pgr": round(hist.ladder / (scorer.ceiling_dev - scorer.weak_dev), 2)
                           if scorer.ceiling_dev > scorer.weak_dev else None}
-                shown = ({**answer, "improved": True, **margin} if hist.improves(who, answer) else
-                         {**hist.best[who], "improved": False, **margin,
-                          "note": f"not better than your best dev accuracy by more than {hist.ladder}: these are your best's numbers"})
+                where = "" if key is None else f" on seed {key}"
+                shown = ({**answer, "improved": True, **margin} if hist.improves((who, key), answer) else
+                         {**hist.best[(who, key)], "improved": False, **margin,
+                          "note": f"not better than your best dev accuracy{where} by more than {hist.ladder}: "
+                                  "these are your best's numbers"})
         return shown, dict(researcher_id=who, testbed=scorer.name, kind="evaluate", n_rows=len(h), bits=pack(h),
-                           anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), **near)
+                           anchor_id=anchor_id, answer=dumps(answer), flipped=dumps(flipped), ladder_key=key, **near)
 
     @staticmethod
     def record(s: Session, fingerprint: dict[str, Any], audit_id: int | None) -> int:

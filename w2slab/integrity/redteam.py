@@ -303,8 +303,11 @@ class Client:
         self.queries = 0
         self.answers: list[float] = []  # every dev answer, in order
 
-    def ask(self, testbed: str, p1: np.ndarray) -> float:
-        r = self.http.post("/api/evaluate", json={"testbed": testbed, "predictions": [float(x) for x in p1]})
+    def ask(self, testbed: str, p1: np.ndarray, seed: int | None = None) -> float:
+        body: dict[str, Any] = {"testbed": testbed, "predictions": [float(x) for x in p1]}
+        if seed is not None:
+            body["seed"] = seed
+        r = self.http.post("/api/evaluate", json=body)
         r.raise_for_status()
         self.queries += 1
         self.answers.append(float(r.json()["transfer_acc"]))
@@ -362,7 +365,7 @@ class RedTeam:
                "--weak", WEAK, "--strong", STRONG, "--baseline-workers", "1", "--port", str(self.port),
                "--db", f"sqlite:///{self.workdir / 'grader.db'}", "--eval-per-hour", str(self.eval_budget + 50),
                "--eval-total", str(self.eval_budget + 50), "--submit-per-hour", "100", "--submit-total", "100",
-               "--audit-workers", str(self.audit_workers)]
+               "--audit-workers", str(self.audit_workers), "--dev-ladder-seeds", str(self.LADDER_SEEDS)]
         if self.unhardened:
             cmd += ["--dev-noise", "0", "--dev-reuse-radius", "0", "--dev-ladder", "0", "--submit-dup-radius", "0", "--no-audits"]
         elif not self.ladder:
@@ -440,6 +443,7 @@ class RedTeam:
     # ---- the attacker's own computing (a kit, like any researcher's)
 
     EXTRA_SEEDS: ClassVar[list[int]] = list(range(900, 906))
+    LADDER_SEEDS: ClassVar[int] = 5  # the grader's default --dev-ladder-seeds
 
     def kit_predictions(self, code: str, seeds: list[int]) -> dict[int, np.ndarray]:
         """Run a method file on the researcher kit (no labels) on the attacker's side (cached)."""
@@ -567,7 +571,8 @@ class RedTeam:
         """The boosting attack on leaderboards (Blum & Hardt 2015): every query is a fresh random
         vector (each row flipped with probability 1/2 from a base), so no two are close and answer
         reuse never applies; each answer carries a little information about every scored row, and
-        a row's label is read off the correlation between its flips and the answers."""
+        a row's label is read off the correlation between its flips and the answers. It spreads its
+        queries over every Ladder the grader allows (one per seed) to get the most answers through."""
         res = AttackResult("regression probe", ["rex"], "fresh random vectors (half the rows flipped each), labels read off "
                                                         "the correlation of answers and flips (whole budget)")
         c = self.researcher("rex")
@@ -575,10 +580,10 @@ class RedTeam:
         targets = [int(i) for i in self.rng.permutation(n)]
         base = self._base(targets)
         flips, answers = [], []
-        for _ in range(self.eval_budget):
+        for k in range(self.eval_budget):
             f = self.rng.random(n) < 0.5
             flips.append(f)
-            answers.append(c.ask("toy", np.where(f, 1 - base, base)))
+            answers.append(c.ask("toy", np.where(f, 1 - base, base), seed=k % self.LADDER_SEEDS))
         F, a = np.asarray(flips, dtype=float), np.asarray(answers)
         corr = (F - F.mean(0)).T @ (a - a.mean())  # > 0: flipping the row raises the score, the base label is wrong
         rows = targets[: len(targets) - len(targets) % 6]

@@ -511,9 +511,10 @@ share what you learn with the other researchers on the forum.
 {kit_info}
 - Nobody here has labels: only the grader scores predictions. `evaluate` gives dev-half feedback \
 (a small budget); `submit` is scored once on the hidden final half and goes on the leaderboard.
-- The grader runs a Ladder: `evaluate` returns new numbers (`"improved": true`) only when your dev \
-accuracy beats your best so far by more than the margin (`ladder`, in PGR `ladder_pgr`); otherwise \
-`"improved": false` with your best's numbers again, i.e. that run is no better than your best.
+- The grader runs a Ladder per seed: `evaluate` returns new numbers (`"improved": true`) only when \
+your dev accuracy beats your best so far on that seed by more than the margin (`ladder`, in PGR \
+`ladder_pgr`); otherwise `"improved": false` with that best's numbers again, i.e. that run is no \
+better than your best on that seed. Compare methods on the same seeds (at most 5 seeds per testbed).
 
 ## The method contract
 A method is a Python file in your workspace (keep them under `ideas/`, one folder per idea, e.g. \

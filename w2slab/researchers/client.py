@@ -58,9 +58,13 @@ class GraderClient:
         return list(self._call("GET", "/api/seeds", params={"testbed": testbed})["seeds"])
 
     # scoring
-    def evaluate(self, testbed: str, predictions: list[float]) -> dict[str, Any]:
-        """Dev-half feedback: ``{pgr, transfer_acc}`` rounded to 2 decimals (budgeted)."""
-        return self._call("POST", "/api/evaluate", json={"testbed": testbed, "predictions": predictions})
+    def evaluate(self, testbed: str, predictions: list[float], seed: int | None = None) -> dict[str, Any]:
+        """Dev-half feedback: ``{pgr, transfer_acc}`` rounded to 2 decimals (budgeted), through the
+        grader's Ladder for ``seed`` (``improved``, ``ladder``, ``ladder_pgr``)."""
+        body: dict[str, Any] = {"testbed": testbed, "predictions": predictions}
+        if seed is not None:
+            body["seed"] = seed
+        return self._call("POST", "/api/evaluate", json=body)
 
     def submit(self, testbed: str, method_name: str, snapshot_sha256: str, predictions: dict[str, list[float]]) -> dict[str, Any]:
         body = {"testbed": testbed, "method_name": method_name, "snapshot_sha256": snapshot_sha256, "predictions": predictions}

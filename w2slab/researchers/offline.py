@@ -20,8 +20,9 @@ the recipes it has evaluated (and promising ones read on the forum):
    file that was evaluated is copied into a snapshot, run on the server's seeds, uploaded and
    submitted.
 
-Through the grader's Ladder (its default), an answer "not improved" carries only "at most my
-best plus the margin"; it is recorded a margin *below* the best and marked censored: a recipe's
+Through the grader's Ladder (its default; one per seed, so recipes are compared on the same
+teacher seed), an answer "not improved" carries only "at most my best on this seed plus the
+margin"; it is recorded a margin *below* that best and marked censored: a recipe's
 mean and the seed-to-seed spread use its real answers, and only a recipe with nothing else is
 ranked by its censored ones (so the record holder is not dragged down by its own confirmations).
 
@@ -447,7 +448,7 @@ class OfflineResearcher:
         while True:
             self.tr.tool_call("grader.evaluate", {"testbed": self.cfg.testbed, "seed": seed, "predictions": predictions})
             try:
-                res = self.client.evaluate(self.cfg.testbed, predictions)
+                res = self.client.evaluate(self.cfg.testbed, predictions, seed)
             except GraderError as e:
                 self.tr.tool_result("grader.evaluate", {"error": str(e), "status": e.status})
                 if e.status == 429 and e.retry_after and self.cfg.stop_reason(self.usage, e.retry_after + self.final_reserve()) is None:
@@ -526,8 +527,8 @@ class OfflineResearcher:
                     score -= float(margin or 0.0)
                     acc = None
                     entry.setdefault("censored", []).append(seed)
-                    self.say(f"seed {seed}: the grader's Ladder says not better than my best by its margin; "
-                             f"scoring it a margin below my best ({score:.3f})")
+                    self.say(f"seed {seed}: the grader's Ladder says not better than my best on this seed by its "
+                             f"margin; scoring it a margin below that best ({score:.3f})")
                 self.remember(seed, preds, recipe.key, float(score), acc, censored)
             node["results"][str(seed)] = float(score)
             if censored:

@@ -269,8 +269,8 @@ class Toolbox:
                        "output": {**STRING, "description": "predictions path (default runs/<name>-<n>.json)"}},
                       ["method_file"]), self.run_experiment),
             Tool("evaluate", "Score one seed's predictions on the grader's DEV half: returns PGR and transfer "
-                 "accuracy (2 decimals), new only when better than your best by the Ladder's margin "
-                 "(else improved=false and your best's numbers). Costs one grader query of a small budget.",
+                 "accuracy (2 decimals), new only when better than your best on that seed by the Ladder's "
+                 "margin (else improved=false and that best's numbers). Costs one grader query of a small budget.",
                  _obj({"predictions_file": STRING, "seed": {**INTEGER, "description": "default: the file's first seed"}},
                       ["predictions_file"]), self.evaluate),
             Tool("submit", "Submit a method for the leaderboard: uploads the method file's folder as a code "
@@ -421,7 +421,7 @@ class Toolbox:
             raise ToolFailure(f"{predictions_file} has no seed {seed} (seeds: {', '.join(preds)})")
         client = self._client()
         label = self._spend("query")
-        res = client.evaluate(self.ctx.testbed, preds[key])
+        res = client.evaluate(self.ctx.testbed, preds[key], int(key) if key.lstrip("-").isdigit() else None)
         rel = self.rel(self.path(predictions_file))
         method = next((e["method_file"] for e in reversed(self.ctx.experiments) if e["predictions_file"] == rel), None)
         self.ctx.evaluations.append({"predictions_file": rel, "method_file": method, "seed": key, **res})
