@@ -61,9 +61,9 @@ def probe_flags(engine: Engine, thresholds: ProbeThresholds | None = None, resea
         n_dev = n_rows // 2  # evaluations score the dev half
         h = t.near_rows(n_dev)
         st["h"], st["n"], st["last"] = h, st["n"] + 1, max(st["last"], created)
-        acc = json.loads(answer).get("transfer_acc")
-        if isinstance(acc, (int, float)) and abs(acc - 0.5) <= 1 / math.sqrt(max(1, n_dev)) and (own is None or own >= 0.3 * n_dev):
-            st["random"] += 1
+        if own is None or own >= 0.3 * n_dev:  # far from all their earlier vectors: is it chance-level too?
+            acc = json.loads(answer).get("transfer_acc")
+            st["random"] += isinstance(acc, (int, float)) and abs(acc - 0.5) <= 1 / math.sqrt(max(1, n_dev))
         if own is not None and own <= h:
             st["near"] += 1
         if own is not None and 1 <= own <= 2:

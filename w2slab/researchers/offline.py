@@ -127,11 +127,15 @@ class Notebook:
         return "\n".join(lines) + "\n"
 
 
-def _measured(node: dict[str, Any]) -> list[float]:
-    """The node's per-seed scores the grader really answered (censored ones left out when it has any)."""
+def _real(node: dict[str, Any]) -> list[float]:
+    """The node's per-seed scores the grader really answered (not censored by the Ladder)."""
     censored = set(node.get("censored", []))
-    real = [v for s, v in node["results"].items() if s not in censored]
-    return real or list(node["results"].values())
+    return [v for s, v in node["results"].items() if s not in censored]
+
+
+def _measured(node: dict[str, Any]) -> list[float]:
+    """The real scores, or the censored ones when the node has nothing else."""
+    return _real(node) or list(node["results"].values())
 
 
 def _mean(node: dict[str, Any]) -> float:
@@ -191,7 +195,7 @@ class OfflineResearcher:
         """Pooled within-recipe sd of dev PGR across seeds (how noisy one measurement is)."""
         resid = []
         for n in self.nb.nodes.values():
-            vals = [v for k, v in n["results"].items() if k not in set(n.get("censored", []))]
+            vals = _real(n)
             if len(vals) >= 2:
                 m = sum(vals) / len(vals)
                 resid += [(v - m) ** 2 * len(vals) / (len(vals) - 1) for v in vals]
