@@ -62,6 +62,12 @@ def page(server: GraderServer):
 
         pg.route("**/*", only_local)
         pg.set_default_timeout(15_000)
+        # operator-only pages need the admin login even on loopback; the open view is what a researcher sees
+        pg.goto(f"{server.url}/researchers")
+        assert "/login" in pg.url
+        pg.fill("input[name=token]", server.admin_token())
+        pg.click("button[type=submit]")
+        assert pg.url.endswith("/researchers")
         yield pg
         browser.close()
         assert outside == [], f"the dashboard tried to reach the internet: {outside}"

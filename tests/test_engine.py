@@ -10,7 +10,9 @@ import pytest
 
 from w2slab.engine import cache
 from w2slab.engine.pipeline import Experiment, ceiling, weak_artifacts
-from w2slab.engine.stats import pgr, summarize
+from w2slab.engine.runner import cached_baselines, run_method_over_seeds
+from w2slab.engine.stats import correct_matrix, pgr, pgr_interval, summarize
+from w2slab.testbeds import load_testbed
 from w2slab.models.base import BackendConfig
 
 WEAK = "model=bow,head=linear,n_train=30,epochs=10"
@@ -98,3 +100,24 @@ def test_embeddings_are_cached_per_text_and_shared_cache_is_read_first(tmp_path:
     monkeypatch.setenv("W2SLAB_SHARED_EMBEDDINGS", str(tmp_path / "own"))
     other = EmbeddingCache("glove-50", tmp_path / "other").encode(["a good day"])
     assert np.array_equal(other[0], np.ones(50))  # came from the shared file, not recomputed
+
+
+def test_run_summary_is_the_row_x_seed_interval_of_the_test_predictions(toy_pairwise: Path) -> None:
+    exp = Experiment.create(str(toy_pairwise), WEAK, STRONG)
+    res = run_method_over_seeds(exp, "naive", [1, 2], workers=1, quiet=True)
+    labels = load_testbed(exp.testbed).test.labels
+    base = cached_baselines(exp, [1, 2])
+    assert base is not None and len(base.weak_probs) == 2 and base.weak_probs[0].shape == (len(labels), 2)
+    transfer = [np.stack([1 - np.array(r["test_probs_p1"]), r["test_probs_p1"]], 1) for r in res.per_seed]
+    expected = pgr_interval(correct_matrix(transfer, labels), correct_matrix(base.weak_probs, labels),
+                            correct_matrix(base.ceiling_probs, labels))
+    s = res.summary
+    assert (s.pgr, s.lo, s.hi, s.n_rows, s.n_seeds) == (expected.pgr, expected.lo, expected.hi, len(labels), 2)
+    assert s.lo < s.pgr < s.hi
+    assert [r["pgr"] for r in res.per_seed] == list(s.per_seed_pgr)
+    out = res.to_json()["summary"]
+    assert out["pgr_ci"] == [s.lo, s.hi] and out["pgr_se"] == s.se and out["n_rows"] == len(labels)
+    assert out["ci_method"] == "paired bootstrap over test rows and seeds"
+    # The disagreement between weak and ceiling predictions (for the minimum detectable effect).
+    d = np.mean([(w.argmax(1) != c.argmax(1)).mean() for w, c in zip(base.weak_probs, base.ceiling_probs)])
+    assert base.disagreement() == pytest.approx(d) and 0 < d < 1

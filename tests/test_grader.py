@@ -115,13 +115,14 @@ def test_evaluate_scores_dev_half_only(server: GraderServer, bob, alice, toy: Pa
     body = r.json()
     assert set(body) == {"pgr", "transfer_acc", "improved", "ladder", "ladder_pgr"}  # nothing else about labels
     assert body["transfer_acc"] == 1.0 and body["improved"] is True
-    assert body["ladder"] == 0.06  # the Ladder's default margin: one sampling error of 60 dev rows
-    assert body["ladder_pgr"] == round(0.06 / (scorer.ceiling_dev - scorer.weak_dev), 2)  # the same in PGR
+    assert body["ladder"] == 0.08  # the Ladder's default margin: one sampling error of 40 dev rows
+    assert body["ladder_pgr"] == round(0.08 / (scorer.ceiling_dev - scorer.weak_dev), 2)  # the same in PGR
     want = (1.0 - scorer.weak_dev) / (scorer.ceiling_dev - scorer.weak_dev)
     assert body["pgr"] == round(want, 2)
-    # the final half never counts: flipping every final-row prediction changes nothing
+    # the board and sealed thirds never count: flipping every one of their predictions changes nothing
     flipped = y.copy()
-    flipped[scorer.final] = 1 - flipped[scorer.final]
+    others = np.concatenate([scorer.board, scorer.sealed])
+    flipped[others] = 1 - flipped[others]
     as_labels = ["B" if v else "A" for v in flipped]
     r2 = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": as_labels}).json()
     assert (r2["pgr"], r2["transfer_acc"]) == (body["pgr"], body["transfer_acc"])
@@ -134,7 +135,7 @@ def test_evaluate_scores_dev_half_only(server: GraderServer, bob, alice, toy: Pa
     assert first["transfer_acc"] == 0.0 and first["improved"] is True
     seeded = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": wrong, "seed": 7}).json()  # one ladder per seed
     assert seeded["transfer_acc"] == 0.0 and seeded["improved"] is True
-    assert len(scorer.dev) == 60 and len(set(scorer.dev) & set(scorer.final)) == 0
+    assert len(scorer.dev) == 40 and len(set(scorer.dev) & set(others)) == 0
 
 
 def test_hourly_budget_gives_429_with_retry_after(server: GraderServer) -> None:
@@ -189,8 +190,8 @@ def test_nan_and_infinity_are_refused(server: GraderServer, alice) -> None:
 # ---------------------------------------------------------------- submissions
 
 
-def test_submit_scores_final_half_and_fills_leaderboard(server: GraderServer, alice, toy: Path, scorer) -> None:
-    from w2slab.engine.stats import summarize
+def test_submit_scores_board_third_and_fills_leaderboard(server: GraderServer, alice, toy: Path, scorer) -> None:
+    from w2slab.engine.stats import correct_matrix, pgr_interval
 
     seeds = alice.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
     assert seeds == scorer.seeds and len(seeds) >= 5 and seeds != [1, 2, 3, 4, 5]
@@ -213,10 +214,14 @@ def test_submit_scores_final_half_and_fills_leaderboard(server: GraderServer, al
     r = alice.post("/api/submit", json={"testbed": "toy", "method_name": "noisy", "snapshot_sha256": snap, "predictions": preds})
     assert r.status_code == 201, r.text
     sub = r.json()
-    transfer = [float(((np.array(preds[str(s)])[scorer.final] > 0.5) == y[scorer.final]).mean()) for s in seeds]
-    want = summarize(transfer, scorer.weak_final, scorer.ceiling_final)
-    assert sub["pgr"] == pytest.approx(want.pgr, abs=1e-3)
-    assert sub["pgr_ci"] == pytest.approx(list(want.pgr_ci), abs=1e-3) and sub["pgr_ci"][0] < sub["pgr"] < sub["pgr_ci"][1]
+    rows = scorer.board
+    want = pgr_interval(correct_matrix([np.array(preds[str(s)]) for s in seeds], y)[:, rows], scorer.weak_correct[:, rows],
+                        scorer.ceiling_correct[:, rows], seed=int(scorer.fingerprint[:8], 16))
+    assert sub["split"] == "board" and sub["improved"] is True and sub["ladder"] == round(0.5 / np.sqrt(len(rows)), 2)
+    assert sub["pgr"] == round(want.pgr, 2) and sub["transfer_acc"] == round(want.transfer_acc, 2)  # 2 decimals only
+    assert sub["pgr_ci"] == [round(want.lo, 2), round(want.hi, 2)] and sub["pgr_ci"][0] < sub["pgr"] < sub["pgr_ci"][1]
+    # the interval includes test-row noise: wider than the seeds-only spread of these near-identical seeds
+    assert want.hi - want.lo > 2 * np.std(want.per_seed_pgr)
     board = alice.get("/api/leaderboard", params={"testbed": "toy"}).json()
     row = next(x for x in board["rows"] if x["id"] == sub["id"])
     assert row["researcher"] == "alice" and row["method_name"] == "noisy" and row["pgr"] == sub["pgr"]
@@ -224,6 +229,64 @@ def test_submit_scores_final_half_and_fills_leaderboard(server: GraderServer, al
     assert [x["pgr"] for x in board["rows"]] == sorted((x["pgr"] for x in board["rows"]), reverse=True)
     audit = [a for a in audit_rows(server) if a["kind"] == "submit"]
     assert audit[0]["score"]["submission_id"] == sub["id"] and len(audit[0]["predictions_sha256"]) == 64
+
+
+def test_board_ladder_final_pick_and_sealed_holdout(server: GraderServer, toy: Path, scorer) -> None:
+    """Submissions show the Ladder's board answer; each researcher's pick is scored once on the sealed third."""
+    y, rng = labels(toy), np.random.default_rng(1)
+    with server.add_researcher("dave") as dave, server.add_researcher("erin") as erin, server.client(server.admin_token()) as admin:
+        seeds = dave.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
+        snap = upload(dave, targz([("m.py", b"def m(): pass\n")])).json()["sha256"]
+
+        def submit(client, preds):  # type: ignore[no-untyped-def]
+            return client.post("/api/submit", json={"testbed": "toy", "method_name": "m", "snapshot_sha256": snap,
+                                                    "predictions": {str(s): v.astype(float).tolist() for s, v in preds.items()}})
+
+        good = {s: np.where(rng.random(len(y)) < 0.1, 1 - y, y) for s in seeds}
+        first = submit(dave, good).json()
+        assert first["improved"] is True
+        worse = {s: v.copy() for s, v in good.items()}
+        for s in seeds:  # 12 board rows made wrong: a real change, far from a near-duplicate
+            worse[s][scorer.board[:12]] = 1 - y[scorer.board[:12]]
+        second = submit(dave, worse).json()
+        assert second["improved"] is False and "not better" in second["note"]
+        assert (second["pgr"], second["pgr_ci"], second["transfer_acc"]) == (first["pgr"], first["pgr_ci"], first["transfer_acc"])
+        # a near-duplicate is refused by naming the earlier submission only (no row counts: no oracle)
+        probe = {s: v.copy() for s, v in good.items()}
+        probe[seeds[0]][0] = 1 - probe[seeds[0]][0]
+        r = submit(dave, probe)
+        assert r.status_code == 409 and f"near-duplicate of submission #{first['id']}" in r.json()["detail"]
+        assert not any(ch.isdigit() for ch in r.json()["detail"].replace(f"#{first['id']}", ""))
+        # picks: own submissions only, changeable until sealed
+        assert dave.post("/api/final", json={"testbed": "toy", "submission_id": 10**6}).status_code == 404
+        assert dave.post("/api/final", json={"testbed": "toy", "submission_id": second["id"]}).json()["status"] == "picked"
+        erin_preds = {s: np.where(rng.random(len(y)) < 0.3, 1 - y, y) for s in seeds}
+        other = submit(erin, erin_preds).json()
+        assert erin.post("/api/final", json={"testbed": "toy", "submission_id": first["id"]}).status_code == 404
+        assert dave.get("/api/sealed", params={"testbed": "toy"}).json()["rows"] == []  # nothing before the seal
+        assert dave.post("/api/admin/seal", json={"testbed": "toy"}).status_code == 403
+        sealed = admin.post("/api/admin/seal", json={"testbed": "toy"}).json()
+        mine = {r["researcher"]: r for r in sealed["rows"]}
+        assert mine["dave"]["submission_id"] == second["id"] and mine["dave"]["chosen_by"] == "researcher"
+        assert mine["erin"]["submission_id"] == other["id"] and mine["erin"]["chosen_by"] == "board"
+        want = scorer.score(worse, scorer.sealed)
+        assert mine["dave"]["pgr"] == round(want.pgr, 3) and mine["dave"]["n_rows"] == len(scorer.sealed) == 40
+        assert mine["dave"]["pgr_ci"][0] < mine["dave"]["pgr"] < mine["dave"]["pgr_ci"][1]
+        again = admin.post("/api/admin/seal", json={"testbed": "toy"}).json()  # scored once: the same numbers
+        assert {r["researcher"]: r["sealed_at"] for r in again["rows"]} == {r["researcher"]: r["sealed_at"] for r in sealed["rows"]}
+        r = dave.post("/api/final", json={"testbed": "toy", "submission_id": first["id"]})
+        assert r.status_code == 409 and "already sealed" in r.json()["detail"]
+        public = erin.get("/api/sealed", params={"testbed": "toy", "vs": second["id"]}).json()
+        row = next(r for r in public["rows"] if r["researcher"] == "erin")
+        diff = scorer.compare(erin_preds, worse, scorer.sealed)  # paired: the same rows and seeds
+        assert row["vs"] == {"submission_id": second["id"], "diff": round(diff.diff, 2), "ci": [round(diff.lo, 2), round(diff.hi, 2)]}
+        assert row["pgr"] == round(row["pgr"], 2)  # researchers see 2 decimals
+        assert erin.get("/api/sealed", params={"testbed": "toy", "vs": first["id"]}).status_code == 404  # not a sealed pick
+        board = erin.get("/api/leaderboard", params={"testbed": "toy"}).json()
+        assert "winner's curse" in board["note"] and {r["researcher"] for r in board["sealed"]} >= {"dave", "erin"}
+        assert all("board_exact" not in r for r in board["rows"])
+        full = admin.get(f"/api/admin/submissions/{second['id']}").json()  # the operator sees the real (worse) board score
+        assert full["improved"] is False and full["board_exact"]["transfer_acc"] < first["transfer_acc"]
 
 
 # ---------------------------------------------------------------- forum

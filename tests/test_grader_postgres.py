@@ -136,7 +136,7 @@ def _tables(pg_url: str) -> set[str]:
 def test_migrations_apply_at_start_up(server: GraderServer, pg_url: str) -> None:
     assert server.db_url == pg_url
     with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql")) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0005",)]
         search = conn.execute("SELECT data_type FROM information_schema.columns "
                               "WHERE table_name = 'post' AND column_name = 'search'").fetchall()
     assert search == [("tsvector",)]

@@ -48,8 +48,8 @@ class GraderServer:
     def db_url(self) -> str:
         return f"sqlite:///{self.db}"
 
-    def start(self, timeout: float = 180, workers: int | None = None) -> "GraderServer":
-        self.port = free_port()
+    def start(self, timeout: float = 180, workers: int | None = None, port: int | None = None) -> "GraderServer":
+        self.port = port or free_port()
         cmd = [sys.executable, "-m", "w2slab.grader.cli", "serve", "-t", f"toy={self.testbed}", "--weak", WEAK,
                "--strong", STRONG, "--baseline-workers", "1", "--port", str(self.port), "--db", self.db_url,
                "--workers", str(workers or self.workers), *self.extra]

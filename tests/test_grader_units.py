@@ -11,7 +11,7 @@ from test_grader_support import odd_member, targz
 
 from w2slab.grader.codestore import ArchiveError, CodeStore, check_archive
 from w2slab.grader.forum import fts_query
-from w2slab.grader.scoring import PredictionError, parse_predictions, server_seeds, split_dev_final
+from w2slab.grader.scoring import PredictionError, parse_predictions, server_seeds, split_rows
 
 
 def test_parse_predictions_accepts_probabilities_labels_and_booleans() -> None:
@@ -23,14 +23,15 @@ def test_parse_predictions_accepts_probabilities_labels_and_booleans() -> None:
             parse_predictions(bad, 2)
 
 
-def test_split_is_reproducible_disjoint_and_half() -> None:
+def test_split_is_reproducible_disjoint_and_in_thirds() -> None:
     fp = "ab" * 32
-    dev, final = split_dev_final(101, fp)
-    again = split_dev_final(101, fp)
-    assert np.array_equal(dev, again[0]) and np.array_equal(final, again[1])
-    assert len(dev) == 50 and len(final) == 51 and not set(dev) & set(final)
-    assert sorted(np.concatenate([dev, final]).tolist()) == list(range(101))
-    assert not np.array_equal(dev, split_dev_final(101, "cd" * 32)[0])
+    dev, board, sealed = split_rows(101, fp)
+    again = split_rows(101, fp)
+    assert all(np.array_equal(x, y) for x, y in zip((dev, board, sealed), again))
+    assert (len(dev), len(board), len(sealed)) == (33, 33, 35)
+    assert not set(dev) & set(board) and not set(board) & set(sealed) and not set(dev) & set(sealed)
+    assert sorted(np.concatenate([dev, board, sealed]).tolist()) == list(range(101))
+    assert not np.array_equal(dev, split_rows(101, "cd" * 32)[0])
 
 
 def test_server_seeds_fixed_per_secret_and_testbed() -> None:

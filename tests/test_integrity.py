@@ -27,9 +27,13 @@ def make_scorer(n: int = 400, seed: int = 0, name: str = "toy", n_seeds: int = 5
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
     perm = rng.permutation(n)
-    return Scorer(name=name, kind="pairwise", labels=labels, dev=np.sort(perm[: n // 2]), final=np.sort(perm[n // 2:]),
-                  baseline_seeds=[1, 2, 3], weak_dev=0.7, ceiling_dev=0.9, weak_final=[0.7, 0.7, 0.7], ceiling_final=[0.9, 0.9, 0.9],
-                  seeds=[11, 22, 33, 44, 55][:n_seeds], fingerprint="ab" * 32)
+    dev, board, sealed = np.sort(perm[: n // 2]), np.sort(perm[n // 2: 3 * n // 4]), np.sort(perm[3 * n // 4:])
+    weak, ceiling = np.zeros((3, n), dtype=bool), np.zeros((3, n), dtype=bool)
+    for rows in (dev, board, sealed):  # exactly 0.7 and 0.9 on each part
+        weak[:, rows] = (np.arange(len(rows)) % 10 < 7)
+        ceiling[:, rows] = (np.arange(len(rows)) % 10 < 9)
+    return Scorer(name=name, kind="pairwise", labels=labels, dev=dev, board=board, sealed=sealed, baseline_seeds=[1, 2, 3],
+                  weak_correct=weak, ceiling_correct=ceiling, seeds=[11, 22, 33, 44, 55][:n_seeds], fingerprint="ab" * 32)
 
 
 def noisy_copy(y: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +106,7 @@ def test_answers_reused_within_the_radius_and_fresh_beyond(db) -> None:  # type:
         ans, fp = ask(engine, guard, ids["mallory"], sc, w)
         assert ans == a0 and fp["anchor_id"] == fp0["id"]
     w = base.copy()
-    w[sc.final[:50]] = 1 - w[sc.final[:50]]  # unscored rows: same dev vector, same answer
+    w[sc.board[:50]] = 1 - w[sc.board[:50]]  # unscored rows: same dev vector, same answer
     assert ask(engine, guard, ids["alice"], sc, w)[0] == a0
     far = base.copy()
     far[sc.dev[:20]] = 1 - far[sc.dev[:20]]  # 20 dev rows away: a fresh, noisy answer
@@ -230,12 +234,17 @@ def test_near_duplicate_submissions_are_detected(db) -> None:  # type: ignore[no
     with read_session(engine) as s:
         assert guard.near_duplicate(s, sc, preds) is None  # identical: no new information, allowed
         one = [p.copy() for p in preds]
-        one[2][sc.final[0]] = not one[2][sc.final[0]]
+        one[2][sc.board[0]] = not one[2][sc.board[0]]
         hit = guard.near_duplicate(s, sc, one)
         assert hit is not None and hit[1] == 1
-        dev_only = [p.copy() for p in preds]
-        dev_only[0][sc.dev[0]] = not dev_only[0][sc.dev[0]]
-        assert guard.near_duplicate(s, sc, dev_only) is None  # dev rows are not scored on submit
+        for rows in (sc.dev, sc.sealed):  # every row counts: a refusal says nothing about which rows are scored
+            unscored = [p.copy() for p in preds]
+            unscored[0][rows[0]] = not unscored[0][rows[0]]
+            assert guard.near_duplicate(s, sc, unscored) == hit
+        board_only = FeedbackGuard(SECRET, dup_rows="board")  # the red team's defence-off mode: scored rows only
+        unscored = [p.copy() for p in preds]
+        unscored[0][sc.dev[0]] = not unscored[0][sc.dev[0]]
+        assert board_only.near_duplicate(s, sc, unscored) is None and board_only.near_duplicate(s, sc, one) is not None
         other = [noisy_copy(sc.labels, 0.2, rng) > 0.5 for _ in sc.seeds]
         assert guard.near_duplicate(s, sc, other) is None
 
@@ -367,3 +376,80 @@ def test_audit_flags_label_access_and_seed_cherry_picking() -> None:
     # the best seed's predictions copied to every seed: the re-run disagrees and every seed is the same
     best = {s: sub[sc.seeds[0]].copy() for s in sc.seeds}
     assert {"irreproducible", "seed-insensitive"} <= kinds(assess(sc, best, jobs, {}, [], [], 2, SECRET))
+
+
+# ---------------------------------------------------------------- what researchers see of an audit
+
+
+def test_researchers_see_fixed_flag_texts_never_what_the_code_printed(db, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A failing method's error text (here carrying a 'leak') reaches the operator's view only: the
+    researchers' API view and the public audit-bot thread show the flag kind, severity and a fixed text."""
+    from types import SimpleNamespace
+
+    from w2slab.grader.app import audit_summary
+    from w2slab.grader.db import Snapshot, Submission, SubmissionCheck, write_session
+    from w2slab.integrity.audit import PUBLIC_TEXT, Assessment, AuditSettings, Auditor, thread_body
+
+    monkeypatch.setenv("W2SLAB_HOME", str(tmp_path / "home"))
+    engine, ids = db
+    leak = "LEAK:0110100111010001:END Traceback (most recent call last)"
+    a = Assessment()
+    a.flag("irreproducible", "high", f"the submitted code could not be re-run on the kit: RuntimeError: {leak}")
+    a.checks["reproducibility"] = {"per_seed": [{"seed": 11, "agreement": 0.1234, "ok": False}]}
+    with write_session(engine) as s:
+        s.add(Snapshot(sha256="c" * 64, uploader_id=ids["mallory"], size=1, unpacked_size=1, n_files=1))
+        sub = Submission(researcher_id=ids["mallory"], testbed="toy", method_name="m", snapshot_sha256="c" * 64, seeds="[11]",
+                         transfer_acc=0.5, weak_acc=0.5, ceiling_acc=0.9, per_seed="[]", predictions_sha256="d" * 64)
+        s.add(sub)
+        s.commit()
+        s.refresh(sub)
+        s.add(SubmissionCheck(submission_id=sub.id, predictions=b""))
+        s.commit()
+        sid = sub.id
+    state = SimpleNamespace(engine=engine, secret=SECRET, scorers={})
+    for weak, visible in ((set(), False), ({"messages"}, True)):
+        Auditor(state, AuditSettings(weak=weak))._save(sub, "mallory", a, "done")
+        with write_session(engine) as s:
+            check = s.get(SubmissionCheck, sid)
+            seen = json.dumps(audit_summary(check))
+            full = json.dumps(audit_summary(check, full=True))
+        body = thread_body(sub, "mallory", a)
+        assert ("LEAK:" in seen) == visible and ("LEAK:" in body) == visible and "LEAK:" in full
+        assert "0.1234" not in body and "irreproducible" in seen and '"high"' in seen
+        if not visible:
+            assert PUBLIC_TEXT["irreproducible"] in seen and "Traceback" not in seen
+
+
+def test_one_researcher_never_holds_every_audit_worker(db, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Three slow submissions from mallory, then one from alice: with two workers alice's audit is
+    claimed second, and mallory's others wait; with the share switched off (red team) the queue is FIFO."""
+    from types import SimpleNamespace
+
+    from w2slab.grader.db import Snapshot, Submission, SubmissionCheck, write_session
+    from w2slab.integrity.audit import AuditSettings, Auditor
+
+    monkeypatch.setenv("W2SLAB_HOME", str(tmp_path / "home"))
+    engine, ids = db
+    order = ["mallory", "mallory", "mallory", "alice"]
+    sids = []
+    with write_session(engine) as s:
+        s.add(Snapshot(sha256="c" * 64, uploader_id=ids["mallory"], size=1, unpacked_size=1, n_files=1))
+        for k, who in enumerate(order):
+            sub = Submission(researcher_id=ids[who], testbed="toy", method_name="m", snapshot_sha256="c" * 64, seeds="[11]",
+                             transfer_acc=0.5, weak_acc=0.5, ceiling_acc=0.9, per_seed="[]", predictions_sha256="d" * 64)
+            s.add(sub)
+            s.flush()
+            s.add(SubmissionCheck(submission_id=sub.id, predictions=b"", created_at=1000.0 + k))
+            sids.append(sub.id)
+        s.commit()
+    state = SimpleNamespace(engine=engine, secret=SECRET, scorers={})
+    fair = Auditor(state, AuditSettings(workers=2))
+    assert [fair.claim(), fair.claim(), fair.claim()] == [sids[0], sids[3], None]
+    with write_session(engine) as s:
+        for sid in sids:
+            c = s.get(SubmissionCheck, sid)
+            c.status = "queued"
+            s.add(c)
+        s.commit()
+    fifo = Auditor(state, AuditSettings(workers=2, weak={"fairness"}))
+    assert [fifo.claim(), fifo.claim()] == [sids[0], sids[1]]

@@ -110,7 +110,8 @@ def test_method_from_file_and_params(tmp_path: Path, toy_pairwise: Path) -> None
     idea.write_text(
         "import numpy as np\nfrom w2slab.methods import method\n\n"
         "@method('flip-idea')\ndef flip(ctx, scale: float = 1.0):\n"
-        "    return ctx.weak_test_probs[:, ::-1] * scale\n"
+        "    p = ctx.weak_test_probs[:, ::-1] ** scale\n"
+        "    return p / p.sum(1, keepdims=True)\n"
     )
     exp = Experiment.create(str(toy_pairwise), WEAK, STRONG)
     out = run_method(exp, str(idea), {"scale": "2"}, 1)

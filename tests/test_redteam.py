@@ -18,6 +18,7 @@ from w2slab.integrity.redteam import RedTeam, table_rows
 
 CHROMIUM = "/usr/bin/chromium"
 SEED = 15  # fixed data and attackers (their starting vectors are balanced, see RedTeam._base)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def rt(tmp_path_factory: pytest.TempPathFactory):
 
     if find_bwrap() is None:
         pytest.skip("no working bubblewrap: the audits need the sandbox")
-    team = RedTeam(tmp_path_factory.mktemp("redteam"), seed=SEED, eval_budget=200, coord_budget=80).start()
+    team = RedTeam(tmp_path_factory.mktemp("redteam"), seed=SEED, eval_budget=200, coord_budget=80, submit_probes=8).start()
     try:
         team.run()
         yield team
@@ -64,7 +65,7 @@ def by_name(rt: RedTeam) -> dict:
 def test_every_attack_caught_and_nothing_recovered(rt: RedTeam) -> None:
     table = "\n".join(" | ".join(row) for row in table_rows(rt.results))
     print(table)
-    assert len(rt.results) == 11
+    assert len(rt.results) >= 13
     for r in rt.results:
         assert r.p_value >= 0.01, f"{r.name} recovered labels beyond chance:\n{table}"
         assert r.caught == r.expect_caught, f"{r.name}: caught={r.caught}:\n{table}"
@@ -85,6 +86,9 @@ def test_each_attack_is_caught_by_the_right_check(rt: RedTeam) -> None:
     assert "irreproducible" in res["seed cherry-picking"].caught_by
     assert "probe-submissions" in res["final-set probe"].caught_by and any("409" in x for x in rt.refused["sam"])
     assert res["path traversal"].caught and "accepted" not in res["path traversal"].notes
+    assert "probe-submission-edits" in res["submission regression"].caught_by
+    assert res["submission regression"].queries == 9 and res["submission regression"].guessed == 0  # the Ladder: no score moved
+    assert any("409" in x for x in rt.refused["rufus"]) and res["refusal oracle"].p_value >= 0.01
 
 
 def test_boards_threads_and_what_researchers_see(rt: RedTeam) -> None:
@@ -121,7 +125,7 @@ def test_flags_in_the_cli(rt: RedTeam) -> None:
         assert word in res.stdout
     res = subprocess.run([sys.executable, "-m", "w2slab.integrity.cli", "flags", "--json", "-r", "tina",
                           "--db", f"sqlite:///{rt.workdir / 'grader.db'}"], capture_output=True, text=True, env=env, timeout=120, check=False)
-    assert res.returncode == 0 and {json.loads(x)["kind"] for x in res.stdout.splitlines()} >= {"teacher-free"}
+    assert res.returncode == 0 and {f["kind"] for f in json.loads(res.stdout)} >= {"teacher-free"}
 
 
 def test_dashboard_shows_the_flags_of_a_hacked_submission(rt: RedTeam) -> None:
@@ -135,6 +139,14 @@ def test_dashboard_shows_the_flags_of_a_hacked_submission(rt: RedTeam) -> None:
         try:
             page = browser.new_page()
             page.set_default_timeout(15_000)
+            # open on loopback, without the admin login: what the API shows a researcher, no exact numbers
+            page.goto(f"{rt.url}/submissions/{fred}")
+            assert "operator view" not in page.inner_text("body")
+            page.goto(f"{rt.url}/login?next=/leaderboard?testbed=toy")
+            page.fill("input[name=token]", rt.admin_token)
+            page.click("button[type=submit]")
+            page.goto(f"{rt.url}/submissions/{fred}")
+            assert "operator view: exact board PGR" in page.inner_text("body")
             page.goto(f"{rt.url}/leaderboard?testbed=toy")
             assert "lexicon" in page.inner_text("#teacher-free") and "lexicon" not in page.inner_text("#leaderboard")
             page.click(f"#leaderboard tr[data-submission='{fred}'] a")  # the faked submission's page
@@ -150,3 +162,67 @@ def test_dashboard_shows_the_flags_of_a_hacked_submission(rt: RedTeam) -> None:
             assert page.locator("#flags tr[data-flag='label-access']").count() >= 1
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------- the audit attacks (issue 9)
+
+
+def test_audit_attacks_fail_against_the_hardened_audits(rt: RedTeam) -> None:
+    """With every defence on (the suite above): nothing comes back from the audit, the erased
+    evidence is still there (decoys, recorded outside), the limits hold, nobody is starved."""
+    res = by_name(rt)
+    ex = res["audit exfiltration"]
+    assert ex.guessed == 0 and ex.leaked_tokens == 0 and ex.caught and ex.ok, ex.notes
+    assert res["cheat with leaked labels"].caught_by == ["nothing leaked to cheat with"]
+    assert res["evidence erase"].caught_by == ["label-access"] and "decoys opened: 0" not in res["evidence erase"].notes
+    hog = res["sandbox resource abuse"]
+    assert hog.caught_by == ["resource-limits"] and not hog.escaped, hog.notes
+    assert not res["audit starvation"].escaped and res["audit starvation"].ok, res["audit starvation"].notes
+    removed = rt.audit_attacks.removed  # the planted demo layout is cleaned up
+    assert removed is not None and removed.parent == REPO / "runs" and not removed.exists()
+
+
+@pytest.fixture(scope="module")
+def weak(tmp_path_factory: pytest.TempPathFactory):
+    """The same audit attacks against a grader with every audit defence switched off."""
+    from w2slab.integrity.redteam_audit import run_audit_attacks, weak_audit
+    from w2slab.researchers.sandbox import find_bwrap
+
+    if find_bwrap() is None:
+        pytest.skip("no working bubblewrap: the audits need the sandbox")
+    with weak_audit("all"):
+        team = RedTeam(tmp_path_factory.mktemp("redteam-weak"), seed=SEED, test_rows=200).start()
+    try:
+        run_audit_attacks(team, ["exfiltration", "evidence_erase", "resources", "cheat"])
+        yield team
+    finally:
+        team.stop()
+
+
+def test_audit_attacks_succeed_with_the_defences_off(weak: RedTeam) -> None:
+    res = by_name(weak)
+    print("\n".join(" | ".join(row) for row in table_rows(weak.results)))
+    ex = res["audit exfiltration"]  # the repository root, .git packs and runs/ are readable; messages reach researchers
+    assert ex.p_value < 1e-6 and ex.correct == ex.guessed >= 200 + 1000 and ex.leaked_tokens >= 2 and not ex.ok, ex.notes
+    cheat = res["cheat with leaked labels"]  # reproducible and teacher-dependent: no flag, labels on the board
+    assert cheat.p_value < 1e-6 and not cheat.caught and not cheat.ok
+    assert not res["evidence erase"].caught  # the in-process evidence list was cleared and there are no decoys
+    assert res["sandbox resource abuse"].escaped  # 300 MB written, 300 processes
+
+
+@pytest.mark.slow
+def test_audit_starvation_with_the_share_off(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from w2slab.integrity.redteam_audit import run_audit_attacks, weak_audit
+    from w2slab.researchers.sandbox import find_bwrap
+
+    if find_bwrap() is None:
+        pytest.skip("no working bubblewrap: the audits need the sandbox")
+    with weak_audit("fairness"):
+        team = RedTeam(tmp_path_factory.mktemp("redteam-starve"), seed=SEED, test_rows=200).start()
+    team.audit_sleep_seconds = 20
+    try:
+        (r,) = run_audit_attacks(team, ["starvation"])
+    finally:
+        team.stop()
+    print(r.notes)
+    assert r.escaped and not r.ok, r.notes

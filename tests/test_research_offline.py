@@ -16,12 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_toy_testbed
 from test_grader_support import STRONG, WEAK
 
-from w2slab.engine.kit import predict
+from w2slab.engine.kit import export_kit, predict
 from w2slab.engine.pipeline import Experiment
+from w2slab.models.base import BackendConfig, soft_xent
+from w2slab.models.probe import ProbeBackend, batch_plan, train_head
 from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
+from w2slab.researchers.launcher import Budgets, ResearcherConfig
+from w2slab.researchers.offline import OfflineResearcher, _lcb, _mean, _values
 from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_from_text, starter_recipes
 from w2slab.researchers.sandbox import find_bwrap
 
@@ -143,6 +148,14 @@ def test_research_session_lands_in_the_grader(run) -> None:
         for e in nb["experiments"]:
             for seed in e.get("censored", []):
                 assert e["pgr"][str(seed)] <= best - answers[0]["ladder_pgr"] + 1e-9
+        # the dev figure it reports for its submission is the honest estimate the pick used, censoring named
+        node = nb["nodes"][final["recipe"]]
+        assert final["dev_pgr"] == round(_mean(node, nb["sigma"]), 4) and final["dev_lcb"] == round(_lcb(node, nb["sigma"]), 4)
+        assert final["dev_censored"] == sorted(node.get("censored", [])) and final["dev_seeds"] == list(node["results"])
+        for p in posts:
+            m = p["metrics"] or {}
+            if p["author"] == name and m.get("recipe_key") in nb["nodes"] and not m.get("final"):
+                assert m["censored"] == sorted(set(m["censored"])) and set(m["censored"]) <= {str(x) for x in m["seeds"]}
     assert any(b["method_name"] == "naive (reference)" for b in board)
     # totals and the summary
     total = status["total"]
@@ -307,3 +320,168 @@ def test_stop_file_makes_researchers_submit(tmp_path: Path) -> None:
         assert r2["final"]["submission_id"] == first and "refused" in nb["final"] and len(nb["finals"]) == 1
     else:
         assert r2["final"]["submission_id"] != first and len(nb["finals"]) == 2
+
+
+# ---------------------------------------------------------------- the final pick (selection under the Ladder)
+
+
+@pytest.fixture(scope="module")
+def researcher_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Real OfflineResearchers on a real toy kit; the grader URL is never contacted by these tests."""
+    base = tmp_path_factory.mktemp("pick")
+    toy = make_toy_testbed(base / "toy-pairs", "pairwise", sizes=(40, 120, 60))
+    kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1, 2, 3, 4, 5], base / "kit")
+    count = iter(range(1000))
+
+    def make(**budgets) -> OfflineResearcher:
+        ws = base / f"r{next(count)}"
+        cfg = ResearcherConfig(name="offline-t", token="t", grader_url="http://127.0.0.1:9", testbed="toy-pairs",
+                               kit_dir=Path(kit), workspace=ws / "workspace", direction="ensembles",
+                               direction_name="ensembles", budgets=Budgets(**budgets), transcript=ws / "t.jsonl",
+                               usage_path=ws / "usage.json", stop_file=ws / "STOP", dev_seeds=[1, 2, 3, 4, 5])
+        return OfflineResearcher(cfg)
+
+    return make
+
+
+def _node(r, recipe: Recipe, results: dict[str, float], censored: dict[str, float] | None = None) -> dict:
+    node = r.nb.node(recipe, origin="test")
+    node["results"].update({s: v for s, v in results.items()})
+    for s, bound in (censored or {}).items():
+        node.setdefault("censored", []).append(s)
+        node.setdefault("bounds", {})[s] = bound
+    return node
+
+
+def test_censored_seed_counts_against_a_recipe(researcher_factory) -> None:
+    """The issue-12 case: one real 0.21 and one Ladder-censored seed must not outrank four seeds at
+    0.197 (before the fix the censored seed was left out of the mean but kept in n)."""
+    r = researcher_factory()
+    margin = 0.05
+    # seed 2's record is 0.20 (another recipe): "not improved" => the truth is below 0.25; recorded 0.15
+    lucky = _node(r, Recipe(ensemble=3), {"1": 0.21, "2": 0.20 - margin}, censored={"2": 0.20 + margin})
+    steady = _node(r, Recipe(label="soft"), {s: 0.197 for s in "1234"})
+    assert r.best()["key"] == steady["key"]
+    vals = _values(lucky)
+    assert vals["1"] == 0.21 and vals["2"] <= 0.20 - margin  # imputed below the Ladder's bound
+    assert _mean(lucky) < 0.2 and _lcb(lucky) < _lcb(steady)
+    # a poor recipe's censored seed is not lifted to the record holder's level (Tobit expectation)
+    poor = _node(r, Recipe(rounds=1), {"1": -0.30, "2": 0.20 - margin}, censored={"2": 0.20 + margin})
+    assert _values(poor)["2"] < -0.30 + 0.01
+    # what the researcher reports is the same honest estimate, with the censoring marked
+    assert f"{_mean(lucky):.3f}" in r.dev_text(lucky) and "1 censored" in r.dev_text(lucky)
+    r.nb.save()
+    md = r.nb.md_path.read_text()
+    assert "censored" in md and f"{_mean(steady):.3f}" in md
+
+
+def test_only_censored_answers_and_real_ones_rank_by_lower_bound(researcher_factory) -> None:
+    r = researcher_factory()
+    a = _node(r, Recipe(ensemble=2), {"1": 0.29})
+    b = _node(r, Recipe(ensemble=3), {"1": 0.33, "2": 0.22, "3": 0.30, "4": 0.27})  # mean 0.28, sd ~0.05
+    c = _node(r, Recipe(label="soft"), {"1": 0.10}, censored={"1": 0.40})  # nothing real: its recorded value
+    assert _lcb(c, r.sigma()) == pytest.approx(0.10 - r.sigma())
+    assert r.best()["key"] == b["key"] and _lcb(a, r.sigma()) < _lcb(b, r.sigma())  # more seeds, more trust
+
+
+def test_endgame_rechecks_top_candidates_on_more_seeds(researcher_factory) -> None:
+    r = researcher_factory(experiments=10)
+    _node(r, Recipe(), {"1": 0.0, "2": 0.02})
+    for _, recipe in r.starters:  # the opening moves are done
+        _node(r, recipe, {"1": 0.1, "2": 0.12})
+    lucky = _node(r, Recipe(label="sharp"), {"1": 0.45, "2": 0.40})
+    steady = _node(r, Recipe(label="soft"), {s: 0.35 for s in "1234"})
+    r.usage.experiments = 5
+    action = r.choose()
+    assert action is not None and not action.why.startswith("re-check")  # budget left: the search goes on
+    r.usage.experiments = 7  # three experiments left: spend them re-checking the top candidates
+    action = r.choose()
+    assert action.kind == "confirm" and action.recipe.key == lucky["key"] and action.seeds == [3, 4]
+    lucky["results"].update({"3": 0.20, "4": 0.22})  # it was a lucky pair
+    action = r.choose()
+    assert action.kind == "confirm" and action.recipe.key == steady["key"] and action.seeds == [5]
+    assert r.best()["key"] == steady["key"]
+
+
+# ---------------------------------------------------------------- faster student training, same measurement
+
+
+def _reference_adamw(head, x, y, w, gen, epochs, batch, lr, wd, warmup) -> None:
+    """The probe head's training as it was: torch.optim.AdamW stepped by LambdaLR."""
+    n = len(x)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
+    total = epochs * -(-n // batch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup * total)) * max(0.0, 1 - s / total))
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            value = soft_xent(head(x[idx]), y[idx], w[idx], step / total)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            sched.step()
+            step += 1
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_hand_written_adamw_is_bit_for_bit_torch(head: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(300, 16, generator=g), torch.rand(300, generator=g) + 0.5
+    y = torch.softmax(torch.randn(300, 2, generator=g), -1)
+    cfg = BackendConfig(head=head, hidden=32)
+    heads = []
+    for train in (train_head, None):
+        torch.manual_seed(5)
+        h = ProbeBackend(cfg)._make_head(16)
+        gen = torch.Generator().manual_seed(5)
+        if train is None:
+            _reference_adamw(h, x, y, w, gen, 4, 64, 3e-3, 0.1, 0.1)
+        else:
+            train(h, x, y, w, soft_xent, gen, 4, 64, 3e-3, 0.1, 0.1)
+        heads.append(h)
+    for a, b in zip(heads[0].parameters(), heads[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_batch_plan_grows_batches_only_on_large_sets_and_keys_the_cache() -> None:
+    cfg = BackendConfig()
+    assert cfg.max_steps_per_epoch == 8
+    assert batch_plan(500, cfg) == (64, cfg.lr)  # the 500-row weak teachers: unchanged
+    batch, lr = batch_plan(3000, cfg)
+    assert batch == 375 and -(-3000 // batch) == 8 and lr == pytest.approx(cfg.lr * (375 / 64) ** 0.5)
+    old = BackendConfig.parse("probe:max_steps_per_epoch=none")
+    assert batch_plan(3000, old) == (64, cfg.lr)
+    # results differ, so cache keys differ; an unset value keeps the keys from before the field existed
+    assert "max_steps_per_epoch" not in old.cache_dict() and cfg.cache_dict()["max_steps_per_epoch"] == 8
+    lm = BackendConfig.parse("lm:model=x")
+    assert lm.max_steps_per_epoch is None and "max_steps_per_epoch" not in lm.cache_dict()
+    assert "max_steps_per_epoch" not in BackendConfig(kind="lm", model="x").cache_dict()  # the lm backend ignores it
+
+
+# ---------------------------------------------------------------- quality-diversity archive
+
+
+def test_archive_keeps_one_elite_per_family_and_spreads_the_search(researcher_factory) -> None:
+    assert Recipe().family == "naive" and Recipe(label="soft", ensemble=3, epochs=10).family == "label=soft+ensemble"
+    assert Recipe(ensemble=2, lr=3e-3).family == Recipe(ensemble=3).family != Recipe(label="soft").family
+    r = researcher_factory()
+    _node(r, Recipe(), {s: 0.0 for s in "1234"})
+    for _, recipe in r.starters:
+        _node(r, recipe, {s: 0.1 for s in "1234"})
+    # one crowded family of good variants (ensembles) and one lone, slightly weaker family (soft labels)
+    spread = {"1": 0.05, "2": -0.05, "3": 0.03, "4": -0.03}  # seed-to-seed noise (sigma ~0.05)
+    crowd = [_node(r, Recipe(ensemble=e, epochs=ep), {s: 0.30 + 0.002 * i + d for s, d in spread.items()})
+             for i, (e, ep) in enumerate([(2, 10), (2, 20), (3, 10), (3, 20), (3, 5), (2, 5)])]
+    lone = _node(r, Recipe(label="soft"), {s: 0.29 + d for s, d in spread.items()})
+    elites = r.archive()
+    assert elites["ensemble"]["key"] == crowd[-1]["key"] and elites["label=soft"]["key"] == lone["key"]
+    assert r.nb.data["archive"]["ensemble"] == crowd[-1]["key"]
+    parents = [a.parent for a in (r.choose() for _ in range(60)) if a is not None and a.kind == "try"]
+    assert len(parents) >= 40
+    # the lone family gets a real share of the search (crowded families do not get one ticket per variant)
+    assert sum(p == lone["key"] for p in parents) >= 0.15 * len(parents)
+    assert not any(p in {n["key"] for n in crowd[:-1]} for p in parents)
+    r.nb.save()
+    assert "## Archive" in r.nb.md_path.read_text()

@@ -182,7 +182,7 @@ def test_masked_path_and_output_cap(tmp_path: Path) -> None:
                        output_cap=1000, wall_seconds=10)
     r = run_in_sandbox(spec, f"cat {data}/visible.txt; ls -A {data}/labels; echo; head -c 5000 /dev/zero | tr '\\0' x")
     assert r.stdout.startswith("public\n") and "hidden" not in r.stdout
-    assert "output truncated: 4007 of 5007 bytes dropped" in r.stdout
+    assert "output cut: 4007 of 5007 bytes dropped here" in r.stdout and r.stdout.endswith("x" * 500)
 
 
 def test_unsandboxed_keeps_limits_and_clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,3 +207,55 @@ def test_require_sandbox_explains_how_to_fix(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.undo()
         sb._bwrap_profile.cache_clear()
     assert find_bwrap() is not None
+
+
+def test_only_the_package_folder_of_the_checkout_is_visible(tmp_path: Path) -> None:
+    binds = python_binds(PROJECT)  # the old callers' argument is ignored: never the repository root
+    assert str(sb.PACKAGE_DIR) in binds and str(PROJECT) not in binds
+    r = run_in_sandbox(spec_for(tmp_path / "ws"), py(
+        f"import os, w2slab; print(sorted(os.listdir('{PROJECT}')), os.path.exists('{PROJECT}/.git'),"
+        f" os.listdir('{sb.PACKAGE_DIR}/testbeds/data'), w2slab.__file__)"))
+    assert r.returncode == 0, r.stderr
+    assert ".git" not in r.stdout.split("]")[0] and "runs" not in r.stdout.split("]")[0]
+    assert " False [] " in r.stdout and r.stdout.strip().endswith(f"{sb.PACKAGE_DIR}/__init__.py")
+
+
+def test_file_size_process_and_disk_limits(tmp_path: Path) -> None:
+    code = (
+        "import os, time\n"
+        "n = 0\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        pid = os.fork()\n"
+        "    except OSError:\n"
+        "        break\n"
+        "    if pid == 0:\n"
+        "        time.sleep(2); os._exit(0)\n"
+        "    n += 1\n"
+        "print('forked', n, flush=True)\n"
+        "try:\n"
+        "    open('big', 'wb').write(b'x' * (40 << 20))\n"
+        "except OSError as e:\n"
+        "    print('big:', e.strerror, flush=True)\n"
+        "for k in range(20):\n"
+        "    open(f'f{k}', 'wb').write(b'y' * (15 << 20)); time.sleep(0.3)\n"
+        "print('FILLED')\n")
+    r = run_in_sandbox(spec_for(tmp_path / "ws", file_size_bytes=20 << 20, max_processes=40,
+                                workspace_quota_bytes=50 << 20), py(code))
+    assert "big: File too large" in r.stdout
+    assert r.quota_exceeded and "FILLED" not in r.stdout and "disk quota" in r.stderr
+    assert r.peak_workspace_bytes < 200 << 20  # killed within about a second of crossing 50 MiB
+    forked = int(r.stdout.split("forked ")[1].split()[0])
+    if r.peak_processes is not None:  # a pids cgroup could be made here
+        assert forked < 40 and r.peak_processes <= 40 and r.process_limit_hits >= 1
+
+
+def test_decoy_opening_is_recorded_outside(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    decoy = data / "test.jsonl"
+    spec = spec_for(tmp_path / "ws", masked=[data], decoys=[decoy])
+    r = run_in_sandbox(spec, py(f"import os; print(os.path.exists('{decoy}'))"))  # looking is not reading
+    assert r.stdout.strip() == "True" and r.decoys_opened == []
+    r = run_in_sandbox(spec, py(f"print(open('{decoy}').read()[:20])"))
+    assert r.decoys_opened == [str(decoy)] and '{"decoy"' in r.stdout

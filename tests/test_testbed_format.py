@@ -32,7 +32,7 @@ def test_reads_both_kinds_and_keeps_extra_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "lines, message",
     [
-        ([GOOD_PAIR, '{"prompt": "p", "first": "a", "label": "A"}'], ":2: row has neither"),
+        ([GOOD_PAIR, '{"prompt": "p", "first": "a", "label": "A"}'], ":2: missing field 'second'"),
         ([GOOD_PAIR, '{"prompt": "p", "first": "a", "second": "b"}'], ":2: missing field 'label'"),
         ([GOOD_PAIR, '{"first": "a", "second": "b", "label": "A"}'], ":2: missing field 'prompt'"),
         ([GOOD_PAIR.replace('"A"', '"C"')], ':1: label must be "A" or "B", got "C"'),

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from w2slab.engine.pipeline import Experiment, check_predictions, weak_artifacts
+from w2slab.engine.pipeline import Experiment, call_method, weak_artifacts
 from w2slab.methods import MethodContext, bind_params, get_method
 from w2slab.models.base import BackendConfig
 from w2slab.testbeds import load_testbed
@@ -90,7 +90,7 @@ def predict(kit_dir: str | Path, method_ref: str, seeds: Sequence[int], params: 
     out: dict[str, Any] = {"testbed": kit.meta["testbed"], "method": method_ref, "params": bound, "predictions": {}, "notes": {}}
     for seed in seeds:
         ctx = kit.context(seed)
-        probs = check_predictions(fn(ctx, **bound), len(ctx.test))
+        probs = call_method(fn, method_ref, ctx, bound)
         out["predictions"][str(seed)] = [round(float(p), 6) for p in probs[:, 1]]
         out["notes"][str(seed)] = ctx.notes
     return out

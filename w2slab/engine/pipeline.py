@@ -10,7 +10,9 @@ Every step is a :class:`Job` so executors can fan them out.
 
 from __future__ import annotations
 
+import inspect
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +21,7 @@ import numpy as np
 
 from w2slab.engine import cache
 from w2slab.engine.stats import accuracy
-from w2slab.methods import MethodContext, bind_params, get_method
+from w2slab.methods import MethodContext, MethodError, bind_params, get_method
 from w2slab.models.base import BackendConfig, make_backend
 from w2slab.testbeds import get_testbed, load_testbed, testbed_fingerprint
 
@@ -94,7 +96,33 @@ def check_predictions(probs: Any, n: int) -> np.ndarray:
         raise ValueError(f"method returned shape {arr.shape}, expected ({n}, 2) test probabilities")
     if not np.isfinite(arr).all() or (arr < 0).any():
         raise ValueError("method returned NaN, infinite or negative probabilities")
-    return arr / arr.sum(1, keepdims=True).clip(1e-12)
+    sums = arr.sum(1)
+    off = np.abs(sums - 1.0)
+    if n and off.max() > 1e-3:
+        i = int(off.argmax())
+        raise ValueError(f"method returned rows that are not probabilities: row {i} is ({arr[i, 0]:g}, {arr[i, 1]:g}), summing to "
+                         f"{sums[i]:g}, not 1 (return [P(class 0), P(class 1)] per row, e.g. predict_proba or a softmax)")
+    return arr / sums[:, None]
+
+
+def call_method(fn: Any, ref: str, ctx: MethodContext, params: dict[str, Any]) -> np.ndarray:
+    """``fn(ctx, **params)`` checked as test probabilities. Whatever it raises becomes a MethodError
+    naming the exception type, the file and line (in the method's own file where possible) and the seed."""
+    try:
+        out = fn(ctx, **params)
+    except Exception as e:  # noqa: BLE001 - any failure of user code is reported, with where it happened
+        frames = traceback.extract_tb(e.__traceback__)
+        try:
+            own = inspect.getsourcefile(inspect.unwrap(fn))
+        except TypeError:
+            own = None
+        at = next((f for f in reversed(frames) if own and f.filename == own), frames[-1] if frames else None)
+        where = f" at {at.filename}:{at.lineno} (in {at.name})" if at else ""
+        raise MethodError(f"method {ref} raised {type(e).__name__}: {e}{where}, seed {ctx.seed}") from None
+    try:
+        return check_predictions(out, len(ctx.test))
+    except ValueError as e:
+        raise MethodError(f"method {ref}, seed {ctx.seed}: {e}") from None
 
 
 def run_method(exp: Experiment, method_ref: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
@@ -102,7 +130,7 @@ def run_method(exp: Experiment, method_ref: str, params: dict[str, Any], seed: i
     bound = bind_params(fn, params)
     ctx = method_context(exp, seed)
     start = time.perf_counter()
-    probs = check_predictions(fn(ctx, **bound), len(ctx.test))
+    probs = call_method(fn, method_ref, ctx, bound)
     data = load_testbed(exp.testbed)
     return {
         "test_probs": probs,

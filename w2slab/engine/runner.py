@@ -1,11 +1,12 @@
-"""High-level runs: baselines over seeds, and a method over seeds with its PGR summary."""
+"""High-level runs: baselines over seeds, and a method over seeds with its PGR and a paired
+bootstrap interval over test rows and seeds."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from w2slab.engine.pipeline import Experiment, Job, resolve_method_ref
-from w2slab.engine.stats import PGRSummary, summarize
+from w2slab.engine.stats import CI_METHOD, PGRInterval, correct_matrix, pgr_interval
 from w2slab.executors import run_jobs
 from w2slab.testbeds import load_testbed
 
@@ -53,10 +54,17 @@ class Baselines:
     seeds: list[int]
     weak_acc: list[float]
     ceiling_acc: list[float]
+    weak_probs: list[np.ndarray] = field(default_factory=list, repr=False)  # (n_test, 2) per seed
+    ceiling_probs: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
     def gap(self) -> float:
         return float(np.mean(self.ceiling_acc) - np.mean(self.weak_acc))
+
+    def disagreement(self) -> float:
+        """Fraction of test rows where weak and ceiling predict differently (mean over seeds)."""
+        pairs = zip(self.weak_probs, self.ceiling_probs)
+        return float(np.mean([(np.argmax(w, 1) != np.argmax(c, 1)).mean() for w, c in pairs]))
 
 
 def cached_baselines(exp: Experiment, seeds: Sequence[int]) -> Baselines | None:
@@ -66,13 +74,15 @@ def cached_baselines(exp: Experiment, seeds: Sequence[int]) -> Baselines | None:
 
     labels = load_testbed(exp.testbed).test.labels
     accs: dict[str, list[float]] = {"weak": [], "ceiling": []}
+    probs: dict[str, list[np.ndarray]] = {"weak": [], "ceiling": []}
     for role in accs:
         for s in seeds:
             hit = cache.load(role, exp.key(role, s))  # type: ignore[arg-type]
             if hit is None:
                 return None
             accs[role].append(accuracy(hit["test_probs"], labels))
-    return Baselines(list(seeds), accs["weak"], accs["ceiling"])
+            probs[role].append(hit["test_probs"])
+    return Baselines(list(seeds), accs["weak"], accs["ceiling"], probs["weak"], probs["ceiling"])
 
 
 def compute_baselines(
@@ -83,7 +93,11 @@ def compute_baselines(
     jobs = [Job(kind, exp, s, uses_gpu=gpu) for kind in ("weak", "ceiling") for s in seeds]
     out = _run(jobs, f"baselines on {exp.testbed}", executor, workers, quiet)
     n = len(seeds)
-    return Baselines(list(seeds), [r["test_acc"] for r in out[:n]], [r["test_acc"] for r in out[n:]])
+    weak, ceil = out[:n], out[n:]
+    return Baselines(
+        list(seeds), [r["test_acc"] for r in weak], [r["test_acc"] for r in ceil],
+        [r["test_probs"] for r in weak], [r["test_probs"] for r in ceil],
+    )
 
 
 @dataclass
@@ -92,7 +106,7 @@ class RunResult:
     method: str
     params: dict[str, Any]
     seeds: list[int]
-    summary: PGRSummary
+    summary: PGRInterval  # PGR on the full test set, paired bootstrap over test rows and seeds
     per_seed: list[dict[str, Any]]
     config: dict[str, Any]
 
@@ -102,7 +116,7 @@ class RunResult:
             "method": self.method,
             "params": self.params,
             "seeds": self.seeds,
-            "summary": self.summary.to_dict(),
+            "summary": summary_json(self.summary),
             "per_seed": self.per_seed,
             "config": self.config,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -122,7 +136,12 @@ def run_method_over_seeds(
     ref = resolve_method_ref(method)
     jobs = [Job("method", exp, s, ref, dict(params or {}), uses_gpu=exp.strong.kind == "lm") for s in seeds]
     out = _run(jobs, f"{method} on {exp.testbed}", executor, workers, quiet)
-    summary = summarize([r["transfer_acc"] for r in out], base.weak_acc, base.ceiling_acc)
+    labels = load_testbed(exp.testbed).test.labels
+    summary = pgr_interval(
+        correct_matrix([r["test_probs"] for r in out], labels),
+        correct_matrix(base.weak_probs, labels),
+        correct_matrix(base.ceiling_probs, labels),
+    )
     per_seed = [
         {
             "seed": s,
@@ -138,6 +157,22 @@ def run_method_over_seeds(
     ]
     config = {"weak": exp.weak.to_dict(), "strong": exp.strong.to_dict()}
     return RunResult(exp.testbed, method, out[0]["params"], list(seeds), summary, per_seed, config)
+
+
+def summary_json(iv: PGRInterval) -> dict[str, Any]:
+    """A run's summary for JSON: the point PGR, its row x seed interval and what it rests on."""
+    d = iv.to_dict()
+    out = {
+        "pgr": d["pgr"],
+        "pgr_ci": [d["lo"], d["hi"]],
+        "pgr_se": d["se"],
+        "ci_level": iv.level,
+        "ci_method": CI_METHOD,
+        **{k: d[k] for k in ("weak_acc", "ceiling_acc", "transfer_acc", "per_seed_pgr", "n_rows", "n_seeds", "n_boot", "n_dropped")},
+    }
+    if iv.note:
+        out["note"] = iv.note
+    return out
 
 
 def write_result(result: RunResult, path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""The grader's FastAPI app: evaluation on the dev half of each test set, final submissions,
+"""The grader's FastAPI app: evaluation on the dev third of each test set, submissions scored on
+the board third, the sealed third scored once per researcher (:mod:`w2slab.grader.scoring`),
 leaderboard, forum, code store, audit log and the dashboard.
 
 ``create_app(settings)`` builds the app; start-up migrates the database and computes (or
@@ -14,7 +15,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -29,7 +30,8 @@ from w2slab.grader import forum, research
 from w2slab.grader.auth import AuthMiddleware, Authenticator, Principal, admin, create_researcher
 from w2slab.grader.auth import load_admin_token, load_server_secret, principal, researcher
 from w2slab.grader.codestore import SHA_RE, ArchiveError, CodeStore, check_archive
-from w2slab.grader.db import Audit, Researcher, Snapshot, Submission, SubmissionCheck, dumps, make_engine, migrate, now
+from w2slab.grader.deps import ERRORS, SHA256_PATTERN, DbId, Offset, Sha256
+from w2slab.grader.db import Audit, Researcher, Sealed, Snapshot, Submission, SubmissionCheck, dumps, make_engine, migrate, now
 from w2slab.grader.db import Flag as Flag_
 from w2slab.grader.db import read_session, write_session
 from w2slab.grader.scoring import PredictionError, Scorer, load_scorer, parse_predictions
@@ -53,6 +55,9 @@ class Settings(BaseModel):
     eval_total: int = 2000
     submit_per_hour: int = 10
     submit_total: int = 500
+    post_per_hour: int = Field(120, ge=1, description="forum posts per researcher per hour (429 with Retry-After beyond)")
+    comment_per_hour: int = Field(300, ge=1, description="forum comments per researcher per hour")
+    vote_per_hour: int = Field(600, ge=1, description="forum votes cast or changed per researcher per hour")
     max_archive_bytes: int = 5 * 2**20
     max_unpacked_bytes: int = 50 * 2**20
     max_archive_members: int = 10_000
@@ -66,10 +71,16 @@ class Settings(BaseModel):
     dev_ladder: float | None = Field(None, ge=0, le=0.5, description="Ladder margin in dev accuracy: answer only improvements on "
                                                                      "the researcher's best by more than this; None: auto "
                                                                      "(one dev sampling error); 0: off")
+    dup_rows: Literal["all", "board"] = Field("all", description="rows the near-duplicate check compares: all (a refusal "
+                                                                  "reveals nothing about the split) or board (red team only)")
+    board_ladder: float | None = Field(None, ge=0, le=0.5, description="the submission Ladder's margin in board accuracy; None: "
+                                                                       "auto (one board sampling error); 0: off, exact board "
+                                                                       "numbers (for red-team comparison only)")
     audits: bool = True
-    audit_workers: int = Field(1, ge=0)
+    audit_workers: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=0,
+                               description="audit threads; with 2 or more no researcher holds more than all but one")
     audit_seeds: int = Field(2, ge=1, description="seeds for the teacher-dependence and generalisation re-runs")
-    audit_wall_seconds: float = 1800.0
+    audit_wall_seconds: float = Field(600.0, gt=0, description="per-audit wall-clock limit (a researcher's experiment limit)")
     probe_flip_min: int = 5
     probe_near_min: int = 10
     probe_coord_min: int = 5
@@ -119,7 +130,7 @@ def prepare(settings: Settings, recover: bool = True) -> GraderState:
             s.exec(update(SubmissionCheck).where(col(SubmissionCheck.status) == "running").values(status="queued"))
             s.commit()
     guard = FeedbackGuard(secret, settings.dev_noise, settings.dev_reuse_radius, settings.submit_dup_radius, settings.dev_ladder,
-                          settings.dev_ladder_seeds)
+                          settings.dev_ladder_seeds, settings.board_ladder, settings.dup_rows)
     return GraderState(settings, engine, Authenticator(engine, admin_token), scorers,
                        CodeStore(paths.home() / "grader" / "snapshots"), dash, secret, guard)
 
@@ -151,6 +162,17 @@ class SubmitIn(BaseModel):
     method_name: str = Field(min_length=1, max_length=200)
     snapshot_sha256: str
     predictions: dict[str, Any] = Field(description="seed -> one prediction per test row")
+
+
+class FinalPickIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    testbed: str
+    submission_id: int = Field(ge=1, le=2**63 - 1)
+
+
+class SealIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    testbed: str
 
 
 class ResearcherIn(BaseModel):
@@ -187,14 +209,7 @@ def charge(
     with write_session(state.engine) as s:
         conn = s.connection()
         used = conn.execute(select(counter).where(researchers.c.id == who.id).with_for_update()).scalar_one()
-        if used >= total:
-            raise HTTPException(429, f"total {kind} budget used up ({total}); it does not reset: ask the operator to raise it")
-        n, oldest = conn.execute(select(func.count(), func.min(audits.c.created_at)).where(
-            audits.c.researcher_id == who.id, audits.c.kind == kind, audits.c.created_at > t - 3600)).one()
-        if n >= per_hour:
-            wait = max(1, math.ceil(oldest + 3600 - t))
-            raise HTTPException(429, f"hourly {kind} budget used up ({per_hour} per hour); retry in {wait} s",
-                                headers={"Retry-After": str(wait)})
+        n = _budget_check(conn, state, who, kind, used, t)
         conn.execute(update(researchers).where(researchers.c.id == who.id).values({counter: counter + 1}))
         extra = add(s) if add else None
         computed = callable(score)
@@ -211,6 +226,32 @@ def charge(
         return audit_id, per_hour - n - 1, total - used - 1, (score if computed and add is None else extra)
 
 
+def _budget_check(conn: Any, state: GraderState, who: Principal, kind: str, used: int, t: float) -> int:
+    """Raise 429 when ``who`` has no ``kind`` budget left; else the number used in the last hour."""
+    st = state.settings
+    per_hour, total = (st.eval_per_hour, st.eval_total) if kind == "evaluate" else (st.submit_per_hour, st.submit_total)
+    audits = Audit.__table__  # type: ignore[attr-defined]
+    if used >= total:
+        raise HTTPException(429, f"total {kind} budget used up ({total}); it does not reset: ask the operator to raise it")
+    n, oldest = conn.execute(select(func.count(), func.min(audits.c.created_at)).where(
+        audits.c.researcher_id == who.id, audits.c.kind == kind, audits.c.created_at > t - 3600)).one()
+    if n >= per_hour:
+        wait = max(1, math.ceil(oldest + 3600 - t))
+        raise HTTPException(429, f"hourly {kind} budget used up ({per_hour} per hour); retry in {wait} s",
+                            headers={"Retry-After": str(wait)})
+    return int(n)
+
+
+def check_budget(state: GraderState, who: Principal, kind: str) -> None:
+    """The budget check before anything else looks at a request: a request refused for its
+    content (a near-duplicate submission) is refused only while budget is left."""
+    researchers = Researcher.__table__  # type: ignore[attr-defined]
+    counter = researchers.c.evaluations if kind == "evaluate" else researchers.c.submissions
+    with read_session(state.engine) as s:
+        conn = s.connection()
+        _budget_check(conn, state, who, kind, conn.execute(select(counter).where(researchers.c.id == who.id)).scalar_one(), now())
+
+
 def _with_checks(q: Any) -> Any:
     """Join each submission's audit (without loading the stored predictions)."""
     from sqlalchemy.orm import defer
@@ -220,13 +261,15 @@ def _with_checks(q: Any) -> Any:
 
 
 def leaderboard(engine: Engine, testbed: str, full: bool = False) -> list[dict[str, Any]]:
-    """The W2S board of a testbed, best final-set PGR first: every submission that the audit did
-    not find teacher-free (see :func:`teacher_free_board`)."""
+    """The W2S board of a testbed, best shown board PGR first (the submission Ladder's answers):
+    every submission that the audit did not find teacher-free or reading labels (see
+    :func:`teacher_free_board`)."""
     return [r for r in _boards(engine, testbed, full) if not r["teacher_free"]]
 
 
 def teacher_free_board(engine: Engine, testbed: str, full: bool = False) -> list[dict[str, Any]]:
-    """Submissions whose score survives without the weak teacher: shown apart, not ranked with W2S methods."""
+    """Submissions whose score survives without the weak teacher, or that read labels: shown
+    apart, not ranked with W2S methods."""
     return [r for r in _boards(engine, testbed, full) if r["teacher_free"]]
 
 
@@ -235,10 +278,14 @@ def _boards(engine: Engine, testbed: str, full: bool) -> list[dict[str, Any]]:
         rows = s.exec(_with_checks(select(Submission, Researcher.name, SubmissionCheck)
                                    .join(Researcher, col(Submission.researcher_id) == col(Researcher.id)))
                       .where(Submission.testbed == testbed)).all()
-    rows = sorted(rows, key=lambda r: (r[0].pgr is None, -(r[0].pgr or 0), r[0].created_at))
+    def shown_pgr(sub: Submission) -> float | None:
+        return json.loads(sub.shown or "{}").get("pgr")
+
+    rows = sorted(rows, key=lambda r: (shown_pgr(r[0]) is None, -(shown_pgr(r[0]) or 0), r[0].created_at))
     out, rank = [], {True: 0, False: 0}
     for sub, name, check in rows:
         d = submission_dict(sub, name, check, full)
+        d["teacher_free"] = d["teacher_free"] or "label-access" in d["flags"]  # read labels: off the W2S board too
         rank[d["teacher_free"]] += 1
         out.append(dict(d, rank=rank[d["teacher_free"]]))
     return out
@@ -252,7 +299,10 @@ def audit_summary(check: SubmissionCheck | None, full: bool = False) -> dict[str
     out: dict[str, Any] = {"status": "auditing" if check.status in ("queued", "running") else check.status,
                            "flags": json.loads(check.flags), "teacher_free": check.teacher_free, "post_id": check.post_id,
                            "finished_at": check.finished_at, "public": result.get("public", {}),
-                           "flag_details": [{k: f[k] for k in ("kind", "severity", "message")} for f in result.get("flags", [])]}
+                           # researchers: kind, severity and a fixed text per kind, never what the audited code printed
+                           "flag_details": [{"kind": f["kind"], "severity": f["severity"],
+                                             "message": f.get("public") or "details are on the operator's dashboard"}
+                                            for f in result.get("flags", [])]}
     if full:
         out["checks"] = result.get("checks", {})
         out["flag_details"] = result.get("flags", [])
@@ -260,15 +310,21 @@ def audit_summary(check: SubmissionCheck | None, full: bool = False) -> dict[str
 
 
 def submission_dict(sub: Submission, name: str, check: SubmissionCheck | None = None, full: bool = False) -> dict[str, Any]:
+    """A submission as researchers see it: the submission Ladder's shown board answer (2 decimals,
+    ``improved`` false when it did not beat the researcher's best by the margin); ``full`` adds
+    the real board numbers under ``board_exact``, for the operator."""
     audit = audit_summary(check, full)
+    shown = json.loads(sub.shown or "{}")
     out = {
         "id": sub.id, "researcher": name, "testbed": sub.testbed, "method_name": sub.method_name,
-        "snapshot_sha256": sub.snapshot_sha256, "created_at": sub.created_at, "pgr": r3(sub.pgr),
-        "pgr_ci": [r3(sub.pgr_lo), r3(sub.pgr_hi)], "pgr_se": r3(sub.pgr_se), "transfer_acc": r3(sub.transfer_acc),
-        "weak_acc": r3(sub.weak_acc), "ceiling_acc": r3(sub.ceiling_acc), "n_seeds": len(json.loads(sub.seeds)),
+        "snapshot_sha256": sub.snapshot_sha256, "created_at": sub.created_at, "split": "board",
+        "pgr": shown.get("pgr"), "pgr_ci": shown.get("pgr_ci", [None, None]), "transfer_acc": shown.get("transfer_acc"),
+        "improved": shown.get("improved"), "n_seeds": len(json.loads(sub.seeds)),
         "audit": audit["status"], "flags": audit["flags"], "teacher_free": audit["teacher_free"],
     }
     if full:
+        out["board_exact"] = {"pgr": r3(sub.pgr), "pgr_ci": [r3(sub.pgr_lo), r3(sub.pgr_hi)], "pgr_se": r3(sub.pgr_se),
+                              "transfer_acc": r3(sub.transfer_acc), "weak_acc": r3(sub.weak_acc), "ceiling_acc": r3(sub.ceiling_acc)}
         out["per_seed"] = json.loads(sub.per_seed)
         out["audit_detail"] = audit
     return out
@@ -298,6 +354,94 @@ def submission_detail(engine: Engine, sid: int, full: bool = False) -> dict[str,
     out = submission_dict(sub, name, check, full)
     out["audit_detail"] = audit_summary(check, full)
     return out
+
+
+def pick(state: GraderState, who: Principal, testbed: str, sid: int) -> dict[str, Any]:
+    """Record ``who``'s final pick on ``testbed`` (one of its own submissions); refused once sealed."""
+    sc = state.scorer(testbed)
+    with write_session(state.engine) as s:
+        sub = s.get(Submission, sid)
+        if sub is None or sub.researcher_id != who.id or sub.testbed != sc.name:
+            raise HTTPException(404, f"no submission #{sid} of yours on {sc.name}")
+        row = s.exec(select(Sealed).where(Sealed.researcher_id == who.id, Sealed.testbed == sc.name)).first()
+        if row is not None and row.sealed_at is not None:
+            raise HTTPException(409, f"your pick on {sc.name} (submission #{row.submission_id}) is already sealed: "
+                                     "the sealed holdout scores one pick per researcher, once")
+        if row is None:
+            row = Sealed(researcher_id=who.id or 0, testbed=sc.name, submission_id=sid)
+        row.submission_id, row.chosen_by, row.picked_at = sid, "researcher", now()
+        s.add(row)
+        s.commit()
+    return {"testbed": sc.name, "submission_id": sid, "status": "picked",
+            "note": "scored once on the sealed holdout when the run ends; you may change the pick until then"}
+
+
+def seal(state: GraderState, testbed: str) -> dict[str, Any]:
+    """Score once on the sealed third, for every researcher with a submission on ``testbed`` and no
+    sealed score yet: its pick, or else its submission with the best real board accuracy (the
+    selection uses the board only). Sealed scores are never recomputed."""
+    from w2slab.integrity.audit import unpack_predictions
+
+    sc = state.scorer(testbed)
+    with write_session(state.engine) as s:
+        subs = s.exec(select(Submission).where(Submission.testbed == sc.name).order_by(col(Submission.id))).all()
+        picks = {r.researcher_id: r for r in s.exec(select(Sealed).where(Sealed.testbed == sc.name)).all()}
+        best: dict[int, Submission] = {}
+        for sub in subs:
+            if sub.researcher_id not in best or sub.transfer_acc > best[sub.researcher_id].transfer_acc:
+                best[sub.researcher_id] = sub
+        for rid, sub in best.items():
+            row = picks.get(rid) or Sealed(researcher_id=rid, testbed=sc.name, submission_id=sub.id or 0, chosen_by="board")
+            if row.sealed_at is not None:
+                continue
+            check = s.get(SubmissionCheck, row.submission_id)
+            if check is None:
+                continue
+            score = sc.score(unpack_predictions(check.predictions), sc.sealed)
+            row.result, row.sealed_at = dumps(score.to_dict()), now()
+            s.add(row)
+        s.commit()
+    return sealed_board(state, sc.name, full=True)
+
+
+def _sealed_predictions(state: GraderState, sid: int) -> dict[int, Any]:
+    from w2slab.integrity.audit import unpack_predictions
+
+    with read_session(state.engine) as s:
+        check = s.get(SubmissionCheck, sid)
+        return {} if check is None else unpack_predictions(check.predictions)
+
+
+def sealed_board(state: GraderState, testbed: str, vs: int | None = None, full: bool = False) -> dict[str, Any]:
+    """Every sealed pick of ``testbed``, best sealed PGR first, 2 decimals (3 with ``full``), with
+    the paired difference against the sealed pick of submission ``vs`` on the same rows and seeds
+    (only a sealed pick may be ``vs``: any other submission would be scored on the sealed rows)."""
+    sc = state.scorer(testbed)
+    digits = 3 if full else 2
+    rnd = lambda x: None if x is None or not math.isfinite(x) else round(float(x), digits)  # noqa: E731
+    with read_session(state.engine) as s:
+        rows = s.exec(select(Sealed, Researcher.name, Submission).join(Researcher, col(Sealed.researcher_id) == col(Researcher.id))
+                      .join(Submission, col(Sealed.submission_id) == col(Submission.id))
+                      .where(Sealed.testbed == sc.name, col(Sealed.sealed_at).is_not(None))).all()
+    sealed_ids = {row.submission_id for row, _, _ in rows}
+    if vs is not None and vs not in sealed_ids:
+        raise HTTPException(404, f"submission #{vs} is not a sealed pick on {sc.name}: comparisons are against sealed picks only")
+    ref = _sealed_predictions(state, vs) if vs is not None else None
+    out = []
+    for row, name, sub in rows:
+        r = json.loads(row.result)
+        d = {"researcher": name, "submission_id": row.submission_id, "method_name": sub.method_name, "chosen_by": row.chosen_by,
+             "sealed_at": row.sealed_at, "pgr": rnd(r["pgr"]), "pgr_ci": [rnd(r["lo"]), rnd(r["hi"])],
+             "transfer_acc": rnd(r["transfer_acc"]), "n_rows": r["n_rows"], "n_seeds": r["n_seeds"],
+             "board_pgr": json.loads(sub.shown or "{}").get("pgr")}
+        if ref is not None and row.submission_id != vs:
+            diff = sc.compare(_sealed_predictions(state, row.submission_id), ref, sc.sealed)
+            d["vs"] = {"submission_id": vs, "diff": rnd(diff.diff), "ci": [rnd(diff.lo), rnd(diff.hi)]}
+        out.append(d)
+    out.sort(key=lambda d: (d["pgr"] is None, -(d["pgr"] or 0)))
+    weak, ceil = sc.baseline(sc.sealed)
+    return {"testbed": sc.name, "split": "sealed", "rows_scored": len(sc.sealed), "weak_acc": rnd(weak), "ceiling_acc": rnd(ceil),
+            "rows": out}
 
 
 def snapshots(engine: Engine, limit: int = 200) -> list[dict[str, Any]]:
@@ -344,7 +488,7 @@ def audit_log(engine: Engine, limit: int = 200, researcher: str | None = None, k
 
 
 def api_router() -> APIRouter:
-    api = APIRouter(prefix="/api")
+    api = APIRouter(prefix="/api", responses=ERRORS)  # every route declares the one error shape
 
     def st(request: Request) -> GraderState:
         return request.app.state.grader
@@ -406,25 +550,26 @@ def api_router() -> APIRouter:
         if not SHA_RE.match(body.snapshot_sha256):
             raise PredictionError("snapshot_sha256 must be 64 lowercase hex characters")
         assert state.guard is not None
+        check_budget(state, who, "submit")  # first: no other refusal is given once the budget is spent
         hard_by_seed = [probs[s_] > 0.5 for s_ in sc.seeds]
         with read_session(state.engine) as s:
             dup = state.guard.near_duplicate(s, sc, hard_by_seed)
         if dup is not None:
             _refuse_near_duplicate(state, who, sc.name, *dup)
-        summary = sc.submit(probs)
-        out = {"testbed": sc.name, "pgr": r3(summary.pgr), "pgr_ci": [r3(summary.pgr_ci[0]), r3(summary.pgr_ci[1])],
-               "pgr_se": r3(summary.pgr_se), "transfer_acc": r3(summary.transfer_acc), "weak_acc": r3(summary.weak_acc),
-               "ceiling_acc": r3(summary.ceiling_acc), "n_seeds": summary.n_seeds}
+        summary = sc.score(probs, sc.board)
+        out: dict[str, Any] = {"testbed": sc.name, "split": "board", "n_seeds": summary.n_seeds}
 
         def add(s: Session) -> Submission:
             if s.get(Snapshot, body.snapshot_sha256) is None:
                 raise HTTPException(422, f"snapshot {body.snapshot_sha256} is not in the code store: upload it first (POST /api/snapshots)")
             nan = lambda x: None if math.isnan(x) else x  # noqa: E731
+            shown = state.guard.board_answer(s, who.id or 0, sc, summary)  # type: ignore[union-attr]
+            out.update(shown)
             sub = Submission(
                 researcher_id=who.id or 0, testbed=sc.name, method_name=body.method_name, snapshot_sha256=body.snapshot_sha256,
-                seeds=dumps(sc.seeds), pgr=nan(summary.pgr), pgr_lo=nan(summary.pgr_ci[0]), pgr_hi=nan(summary.pgr_ci[1]),
-                pgr_se=nan(summary.pgr_se), transfer_acc=summary.transfer_acc, weak_acc=summary.weak_acc,
-                ceiling_acc=summary.ceiling_acc, predictions_sha256=sha_of(body.predictions),
+                seeds=dumps(sc.seeds), pgr=nan(summary.pgr), pgr_lo=nan(summary.lo), pgr_hi=nan(summary.hi),
+                pgr_se=nan(summary.se), transfer_acc=summary.transfer_acc, weak_acc=summary.weak_acc,
+                ceiling_acc=summary.ceiling_acc, predictions_sha256=sha_of(body.predictions), shown=dumps(shown),
                 per_seed=dumps([{"seed": s_, "pgr": nan(p)} for s_, p in zip(sc.seeds, summary.per_seed_pgr)]))
             s.add(sub)
             s.flush()
@@ -445,17 +590,37 @@ def api_router() -> APIRouter:
         if state.auditor is not None:
             state.auditor.poke()
         return {"id": sub.id, **out, "status": "auditing" if state.settings.audits else "not audited",
-                "audit_url": f"/api/submissions/{sub.id}/audit"}
+                "audit_url": f"/api/submissions/{sub.id}/audit",
+                "final_pick": "POST /api/final {testbed, submission_id} picks the submission scored once on the sealed holdout"}
 
     @api.get("/leaderboard")
     def get_leaderboard(request: Request, testbed: str) -> dict[str, Any]:
         state = st(request)
         sc = state.scorer(testbed)
-        import numpy as np
+        weak, ceil = sc.baseline(sc.board)
+        rows = leaderboard(state.engine, sc.name)
+        return {"testbed": sc.name, "split": "board", "weak_acc": round(weak, 2), "ceiling_acc": round(ceil, 2),
+                "rows": rows, "teacher_free": teacher_free_board(state.engine, sc.name),
+                "sealed": sealed_board(state, sc.name)["rows"],
+                "note": f"board scores: the submission Ladder's answers on the board third ({len(sc.board)} rows); the best of "
+                        f"{len(rows)} submissions on the same rows is biased upward (winner's curse): the headline is the "
+                        "sealed holdout, scored once per researcher"}
 
-        return {"testbed": sc.name, "weak_acc": r3(float(np.mean(sc.weak_final))),
-                "ceiling_acc": r3(float(np.mean(sc.ceiling_final))), "rows": leaderboard(state.engine, sc.name),
-                "teacher_free": teacher_free_board(state.engine, sc.name)}
+    @api.post("/final")
+    def pick_final(body: FinalPickIn, request: Request, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        """Pick the submission scored once on the sealed holdout when the run ends (changeable until then)."""
+        return pick(st(request), who, body.testbed, body.submission_id)
+
+    @api.get("/sealed")
+    def get_sealed(request: Request, testbed: str, vs: int | None = Query(None, ge=1, le=2**63 - 1)) -> dict[str, Any]:
+        """Sealed-holdout scores (each researcher's one pick), with paired intervals against the
+        sealed pick ``vs`` on the same rows and seeds."""
+        return sealed_board(st(request), testbed, vs)
+
+    @api.post("/admin/seal")
+    def post_seal(body: SealIn, request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+        """Score every researcher's pick (or, without one, its best board submission) once on the sealed third."""
+        return seal(st(request), body.testbed)
 
     @api.get("/submissions")
     def list_submissions(request: Request, testbed: str | None = None, researcher: str | None = None,
@@ -463,7 +628,7 @@ def api_router() -> APIRouter:
         return submissions(st(request).engine, testbed, researcher, limit)
 
     @api.get("/submissions/{sid}/audit")
-    def get_submission_audit(sid: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    def get_submission_audit(sid: DbId, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
         """The audit of a submission: status, flags and coarse numbers (everything for the admin)."""
         d = submission_detail(st(request).engine, sid, full=who.admin)
         if d is None:
@@ -471,8 +636,11 @@ def api_router() -> APIRouter:
         return {"submission_id": sid, "testbed": d["testbed"], "researcher": d["researcher"], **d["audit_detail"]}
 
     # ---- code store
-    @api.post("/snapshots")
-    async def upload_snapshot(request: Request, response: Response, parent: str | None = None, note: str = "",
+    @api.post("/snapshots", responses={201: {"description": "stored (a new snapshot)"}}, openapi_extra={"requestBody": {
+        "required": True, "description": "a tar.gz archive (any content type)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_snapshot(request: Request, response: Response, parent: str | None = Query(None, pattern=SHA256_PATTERN),
+                              note: str = Query("", max_length=500),
                               who: Principal = Depends(researcher)) -> dict[str, Any]:
         state = st(request)
         cap = state.settings.max_archive_bytes
@@ -499,25 +667,26 @@ def api_router() -> APIRouter:
     def list_snapshots(request: Request, limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
         return snapshots(st(request).engine, limit)
 
-    @api.get("/snapshots/{sha}")
-    def download_snapshot(sha: str, request: Request) -> FileResponse:
+    @api.get("/snapshots/{sha}", response_class=FileResponse,
+             responses={200: {"content": {"application/gzip": {}}, "description": "the snapshot as tar.gz"}})
+    def download_snapshot(sha: Sha256, request: Request) -> FileResponse:
         state = st(request)
         _snapshot_or_404(state, sha)
         return FileResponse(state.store.path(sha), media_type="application/gzip", filename=f"{sha}.tar.gz")
 
     @api.get("/snapshots/{sha}/info")
-    def snapshot_info(sha: str, request: Request) -> dict[str, Any]:
+    def snapshot_info(sha: Sha256, request: Request) -> dict[str, Any]:
         return _snapshot_or_404(st(request), sha)
 
     # ---- forum
     @api.post("/posts", status_code=201)
     def create_post(body: forum.PostIn, request: Request, who: Principal = Depends(researcher)) -> dict[str, Any]:
-        post = forum.create_post(st(request).engine, who.id or 0, body)
+        post = forum.create_post(st(request).engine, who.id or 0, body, st(request).settings.post_per_hour)
         return forum.post_dict(post, who.name)
 
     @api.get("/posts")
     def list_posts(request: Request, kind: forum.ListKind | None = None, limit: int = Query(50, ge=1, le=500),
-                   offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+                   offset: Offset = 0) -> list[dict[str, Any]]:
         return forum.list_posts(st(request).engine, kind, limit, offset)
 
     @api.get("/posts/search")
@@ -526,17 +695,17 @@ def api_router() -> APIRouter:
         return forum.search_posts(st(request).engine, q, limit)
 
     @api.get("/posts/{post_id}")
-    def get_post(post_id: int, request: Request) -> dict[str, Any]:
+    def get_post(post_id: DbId, request: Request) -> dict[str, Any]:
         return forum.get_post(st(request).engine, post_id)
 
     @api.post("/posts/{post_id}/comments", status_code=201)
-    def comment(post_id: int, body: forum.CommentIn, request: Request, who: Principal = Depends(researcher)) -> dict[str, Any]:
-        c = forum.add_comment(st(request).engine, post_id, who.id or 0, body)
+    def comment(post_id: DbId, body: forum.CommentIn, request: Request, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        c = forum.add_comment(st(request).engine, post_id, who.id or 0, body, st(request).settings.comment_per_hour)
         return {"id": c.id, "post_id": post_id, "author": who.name, "body": c.body, "created_at": c.created_at}
 
     @api.post("/posts/{post_id}/vote")
-    def vote(post_id: int, request: Request, body: forum.VoteIn | None = None, who: Principal = Depends(researcher)) -> dict[str, Any]:
-        score = forum.vote(st(request).engine, post_id, who.id or 0, body or forum.VoteIn())
+    def vote(post_id: DbId, request: Request, body: forum.VoteIn | None = None, who: Principal = Depends(researcher)) -> dict[str, Any]:
+        score = forum.vote(st(request).engine, post_id, who.id or 0, body or forum.VoteIn(), st(request).settings.vote_per_hour)
         return {"post_id": post_id, "score": score}
 
     # ---- operator
@@ -559,7 +728,7 @@ def api_router() -> APIRouter:
         return all_flags(state.engine, state.thresholds, researcher)
 
     @api.get("/admin/submissions/{sid}")
-    def get_submission_full(sid: int, request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
+    def get_submission_full(sid: DbId, request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
         d = submission_detail(st(request).engine, sid, full=True)
         if d is None:
             raise HTTPException(404, f"no submission {sid}")
@@ -585,13 +754,13 @@ def api_router() -> APIRouter:
             chunks.append(chunk)
         return research.parse_body(b"".join(chunks), what)
 
-    @api.post("/admin/research/status")
+    @api.post("/admin/research/status", openapi_extra=_json_body("status.json of a research run: run_id, sandboxed, accounting"))
     async def post_research_status(request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
         """The launcher's status.json (with ``run_id`` and ``sandboxed``): replaces the run's last one."""
         body = await _capped_body(request, "the status")
         return await run_in_threadpool(research.store_status, st(request).engine, body)
 
-    @api.post("/admin/research/transcript")
+    @api.post("/admin/research/transcript", openapi_extra=_json_body("{run_id, researcher, start_seq, lines}: transcript lines"))
     async def post_research_transcript(request: Request, _: Principal = Depends(admin)) -> dict[str, Any]:
         """A batch of transcript lines of one researcher: ``{run_id, researcher, start_seq, lines}``, appended."""
         body = await _capped_body(request, "the transcript batch")
@@ -602,16 +771,23 @@ def api_router() -> APIRouter:
         return research.list_runs(st(request).engine, limit)
 
     @api.get("/admin/research/transcript")
-    def get_research_transcript(request: Request, run_id: str, researcher: str, offset: int = Query(0, ge=0),
+    def get_research_transcript(request: Request, run_id: str, researcher: str, offset: Offset = 0,
                                 limit: int = Query(100, ge=1, le=5000), _: Principal = Depends(admin)) -> dict[str, Any]:
         return research.transcript(st(request).engine, run_id, researcher, offset, limit)
 
     return api
 
 
+def _json_body(description: str) -> dict[str, Any]:
+    """The published request body of a route that reads its JSON by hand (size-capped first)."""
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": {"type": "object"}}}}}
+
+
 def _refuse_near_duplicate(state: GraderState, who: Principal, testbed: str, fp_id: int, distance: int) -> None:
-    """409 for a submission that differs from an earlier one in only a few final-half rows (it
-    could only serve to probe final labels); the attempt is recorded as a flag."""
+    """409 for a submission that differs from an earlier one in only a few (row, seed) predictions
+    (it could only serve to probe labels); the attempt is recorded as a flag. The refusal names the
+    earlier submission only: the distance stays in the operator's flag."""
     from w2slab.grader.db import Fingerprint
 
     with write_session(state.engine) as s:
@@ -626,12 +802,11 @@ def _refuse_near_duplicate(state: GraderState, who: Principal, testbed: str, fp_
         count = (json.loads(old.evidence).get("attempts", 0) if old else 0) + 1
         upsert_flag(s, key, researcher_id=who.id, testbed=testbed, kind="probe-submissions", severity="high",
                     message=f"{count} submission(s) refused for differing from an earlier submission (#{sub_id}) in only "
-                            f"{distance} final-half row(s): probing the final labels",
+                            f"{distance} (row, seed) prediction(s): probing the labels",
                     evidence={"attempts": count, "nearest_submission": sub_id, "distance": distance, "own": mine})
         s.commit()
-    raise HTTPException(409, f"refused: these predictions differ from {'your' if mine else 'an'} earlier submission (#{sub_id}) in only "
-                             f"{distance} final-half row(s) over all seeds; near-identical resubmissions are refused because they "
-                             "could only probe the final labels (submit identical predictions, or a genuinely different method)")
+    raise HTTPException(409, f"refused: near-duplicate of submission #{sub_id}; near-identical resubmissions are refused because "
+                             "they could only probe the labels (submit identical predictions, or a genuinely different method)")
 
 
 def _snapshot_or_404(state: GraderState, sha: str) -> dict[str, Any]:
@@ -692,7 +867,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(forum.ForumError)
     async def _forum(_: Request, exc: forum.ForumError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=headers)
 
 
 def create_app(settings: Settings, state: GraderState | None = None, recover: bool = True) -> FastAPI:

@@ -22,7 +22,8 @@ from sqlmodel import select
 from w2slab import paths
 from w2slab.grader.db import Researcher, read_session, write_session
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+RESERVED_NAMES = {"admin", "infinity", "inf", "nan", "null", "none", "true", "false", "undefined"}  # read as values elsewhere
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,18 @@ def load_server_secret() -> bytes:
     return secret_file(paths.home() / "grader" / "server_secret", "sec").encode()
 
 
+def check_name(name: str) -> None:
+    """A researcher name is 1-64 letters, digits, '_' or '-', starting with a letter, and not a word
+    that reads as a value (``Infinity``, ``null``, ``true``...) or the operator (``admin``)."""
+    if not NAME_RE.match(name):
+        raise ValueError(f"bad researcher name {name[:80]!r}: use 1-64 letters, digits, '_' or '-', starting with a letter")
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"bad researcher name {name!r}: it reads as a value or the operator; choose another")
+
+
 def create_researcher(engine: Engine, name: str) -> tuple[Researcher, str]:
     """A new researcher and their token (shown once; only its hash is kept)."""
-    if not NAME_RE.match(name):
-        raise ValueError(f"bad researcher name '{name}': use 1-64 letters, digits, '_', '.', '-' (start with a letter or digit)")
+    check_name(name)
     token = new_token()
     with write_session(engine) as s:
         if s.exec(select(Researcher).where(Researcher.name == name)).first():

@@ -82,6 +82,23 @@ class Submission(SQLModel, table=True):
     ceiling_acc: float
     per_seed: str  # JSON list of {seed, transfer_acc, pgr}
     predictions_sha256: str = Field(max_length=64)
+    # the numbers above are the real board scores (operator only); researchers see ``shown``:
+    # the submission Ladder's answer, rounded (w2slab.integrity.guard.FeedbackGuard.board_answer)
+    shown: str = "{}"
+
+
+class Sealed(SQLModel, table=True):
+    """A researcher's final pick on a testbed and, once sealed, its one score on the sealed third."""
+
+    __table_args__ = (UniqueConstraint("researcher_id", "testbed", name="uq_sealed_pick"),)
+    id: int | None = Field(default=None, primary_key=True)
+    researcher_id: int = Field(foreign_key="researcher.id", index=True)
+    testbed: str = Field(max_length=200, index=True)
+    submission_id: int = Field(foreign_key="submission.id")
+    chosen_by: str = Field(default="researcher", max_length=16)  # researcher | board (best board score, no pick made)
+    picked_at: float = Field(default_factory=now)
+    sealed_at: float | None = None  # None: picked, not yet scored
+    result: str = "{}"  # JSON: the PGRInterval on the sealed rows
 
 
 class Post(SQLModel, table=True):

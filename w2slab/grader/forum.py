@@ -4,6 +4,7 @@ per post, and full-text search (SQLite FTS5, or PostgreSQL ``tsvector``)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, Literal
 
@@ -11,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, func, text
 from sqlmodel import col, select
 
-from w2slab.grader.db import Comment, Post, Researcher, Snapshot, Submission, Vote, dumps, read_session, write_session
+from w2slab.grader.db import Comment, Post, Researcher, Snapshot, Submission, Vote, dumps, now, read_session, write_session
+from w2slab.grader.deps import BodyId
 
 PostKind = Literal["result", "hypothesis", "insight", "negative_result", "question"]
 AUDIT_KIND = "audit"  # threads of the system account about submission audits (w2slab.integrity.audit)
@@ -19,9 +21,21 @@ ListKind = Literal["result", "hypothesis", "insight", "negative_result", "questi
 
 
 class ForumError(ValueError):
-    def __init__(self, message: str, status: int = 422) -> None:
+    def __init__(self, message: str, status: int = 422, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
+
+
+def check_rate(s: Any, table: Any, who_column: Any, who: int, per_hour: int | None, what: str) -> None:
+    """429 (with the seconds to wait) when ``who`` made ``per_hour`` rows of ``table`` in the last
+    hour. Call inside the write session that adds the row, so concurrent requests queue."""
+    if per_hour is None:
+        return
+    t = now()
+    n, oldest = s.exec(select(func.count(), func.min(table.created_at)).where(who_column == who, table.created_at > t - 3600)).one()
+    if n >= per_hour:
+        wait = max(1, math.ceil(oldest + 3600 - t))
+        raise ForumError(f"rate limit: at most {per_hour} {what} per hour; retry in {wait} s", 429, wait)
 
 
 class PostIn(BaseModel):
@@ -30,7 +44,7 @@ class PostIn(BaseModel):
     title: str = Field(min_length=1, max_length=300)
     body: str = Field(default="", max_length=100_000, description="markdown")
     metrics: dict[str, Any] | None = None
-    submission_ids: list[int] = Field(default_factory=list, max_length=50)
+    submission_ids: list[BodyId] = Field(default_factory=list, max_length=50)
     snapshot_shas: list[str] = Field(default_factory=list, max_length=50)
 
 
@@ -56,7 +70,7 @@ def post_dict(p: Any, author: str, body: bool = True) -> dict[str, Any]:
     return out
 
 
-def create_post(engine: Engine, author_id: int, data: PostIn) -> Post:
+def create_post(engine: Engine, author_id: int, data: PostIn, per_hour: int | None = None) -> Post:
     metrics = None
     if data.metrics is not None:
         try:
@@ -66,6 +80,7 @@ def create_post(engine: Engine, author_id: int, data: PostIn) -> Post:
         if len(metrics) > 10_000:
             raise ForumError("metrics: at most 10000 characters of JSON")
     with write_session(engine) as s:
+        check_rate(s, Post, Post.author_id, author_id, per_hour, "posts")
         for sid in data.submission_ids:
             if s.get(Submission, sid) is None:
                 raise ForumError(f"submission_ids: no submission {sid}")
@@ -134,11 +149,12 @@ def search_posts(engine: Engine, q: str, limit: int = 50, include_audit: bool = 
     return [by_id[i] for i in order if i in by_id]
 
 
-def add_comment(engine: Engine, post_id: int, author_id: int, data: CommentIn) -> Comment:
+def add_comment(engine: Engine, post_id: int, author_id: int, data: CommentIn, per_hour: int | None = None) -> Comment:
     with write_session(engine) as s:
         post = s.get(Post, post_id, with_for_update=True)
         if post is None:
             raise ForumError(f"no post {post_id}", 404)
+        check_rate(s, Comment, Comment.author_id, author_id, per_hour, "comments")
         c = Comment(post_id=post_id, author_id=author_id, body=data.body)
         s.add(c)
         post.n_comments += 1
@@ -148,19 +164,21 @@ def add_comment(engine: Engine, post_id: int, author_id: int, data: CommentIn) -
     return c
 
 
-def vote(engine: Engine, post_id: int, researcher_id: int, data: VoteIn) -> int:
-    """Cast or change this researcher's one vote on a post; returns the post's new score."""
+def vote(engine: Engine, post_id: int, researcher_id: int, data: VoteIn, per_hour: int | None = None) -> int:
+    """Cast or change this researcher's one vote on a post; returns the post's new score. A vote's
+    ``created_at`` is when it was last cast: the rate limit counts votes cast or changed."""
     with write_session(engine) as s:
         post = s.get(Post, post_id, with_for_update=True)
         if post is None:
             raise ForumError(f"no post {post_id}", 404)
         if post.author_id == researcher_id:
             raise ForumError("you cannot vote on your own post", 403)
+        check_rate(s, Vote, Vote.researcher_id, researcher_id, per_hour, "votes")
         v = s.exec(select(Vote).where(Vote.post_id == post_id, Vote.researcher_id == researcher_id)).first()
         if v is None:
             s.add(Vote(post_id=post_id, researcher_id=researcher_id, value=data.value))
         else:
-            v.value = data.value
+            v.value, v.created_at = data.value, now()
             s.add(v)
         s.flush()
         post.score = int(s.exec(select(func.coalesce(func.sum(Vote.value), 0)).where(Vote.post_id == post_id)).one())

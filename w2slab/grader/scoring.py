@@ -1,5 +1,16 @@
-"""Scoring: the dev/final split of each test set, baselines held in memory, prediction checks,
-dev-set PGR for evaluations and final-set PGR with a bootstrap interval for submissions."""
+"""Scoring: the three-way split of each test set, baselines held in memory, prediction checks.
+
+Each test set is split once, by the testbed's data fingerprint, into thirds:
+
+- **dev**: feedback during research (``POST /api/evaluate``: noisy, reused, behind a Ladder);
+- **board**: the leaderboard during research (``POST /api/submit``: behind a Ladder on
+  submissions, coarsely rounded), so the board is no oracle for its labels either;
+- **sealed**: the holdout, scored once per researcher on its final pick when the run ends
+  (``POST /api/admin/seal``). No answer a researcher receives depends on it before then, so
+  the sealed score of a pick made on the board is free of the winner's curse.
+
+Every PGR carries a paired bootstrap interval over test rows and seeds
+(:func:`w2slab.engine.stats.pgr_interval`)."""
 
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from w2slab.engine.stats import PGRSummary, pgr, summarize
+from w2slab.engine.stats import PGRDiff, PGRInterval, correct_matrix, pgr, pgr_diff_interval, pgr_interval
 from w2slab.testbeds import get_testbed, load_testbed, testbed_fingerprint
 
 SEED_RANGE = 100_000
@@ -22,10 +33,11 @@ class PredictionError(ValueError):
     """Predictions that cannot be scored; the message says what is wrong."""
 
 
-def split_dev_final(n: int, fingerprint: str) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the dev half and the final half, fixed by the testbed's data fingerprint."""
+def split_rows(n: int, fingerprint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of the dev, board and sealed thirds, fixed by the testbed's data fingerprint."""
     perm = np.random.default_rng(int(fingerprint[:16], 16)).permutation(n)
-    return np.sort(perm[: n // 2]), np.sort(perm[n // 2 :])
+    a, b = n // 3, 2 * (n // 3)
+    return np.sort(perm[:a]), np.sort(perm[a:b]), np.sort(perm[b:])
 
 
 def server_seeds(secret: bytes, fingerprint: str, k: int) -> list[int]:
@@ -45,18 +57,17 @@ def public_name(ref: str) -> str:
 
 @dataclass
 class Scorer:
-    """One served testbed: labels and baseline accuracies held in memory."""
+    """One served testbed: labels and the baselines' per-row correctness held in memory."""
 
     name: str
     kind: str
     labels: np.ndarray  # 0/1 per test row
     dev: np.ndarray
-    final: np.ndarray
+    board: np.ndarray
+    sealed: np.ndarray
     baseline_seeds: list[int]
-    weak_dev: float  # mean over baseline seeds
-    ceiling_dev: float
-    weak_final: list[float]  # per baseline seed
-    ceiling_final: list[float]
+    weak_correct: np.ndarray  # (baseline seeds, test rows) bool
+    ceiling_correct: np.ndarray
     seeds: list[int]  # required for submissions
     fingerprint: str
     experiment: Any = None  # the engine Experiment (testbed, weak, strong): audits export kits from it
@@ -64,6 +75,18 @@ class Scorer:
     @property
     def n_test(self) -> int:
         return len(self.labels)
+
+    @property
+    def weak_dev(self) -> float:
+        return float(self.weak_correct[:, self.dev].mean())
+
+    @property
+    def ceiling_dev(self) -> float:
+        return float(self.ceiling_correct[:, self.dev].mean())
+
+    def baseline(self, rows: np.ndarray) -> tuple[float, float]:
+        """Mean weak and ceiling accuracy on ``rows`` over the baseline seeds."""
+        return float(self.weak_correct[:, rows].mean()), float(self.ceiling_correct[:, rows].mean())
 
     def acc(self, p1: np.ndarray, rows: np.ndarray) -> float:
         """Accuracy on ``rows``; class 1 when P(class 1) > 0.5 (ties go to class 0, as argmax does)."""
@@ -76,10 +99,20 @@ class Scorer:
         g = pgr(t, self.weak_dev, self.ceiling_dev)
         return {"pgr": None if math.isnan(g) else round(g, 2), "transfer_acc": round(t, 2)}
 
-    def submit(self, per_seed: dict[int, np.ndarray]) -> PGRSummary:
-        """Final-set PGR over the required seeds with a bootstrap interval."""
-        transfer = [self.acc(per_seed[s], self.final) for s in self.seeds]
-        return summarize(transfer, self.weak_final, self.ceiling_final)
+    def correct(self, per_seed: dict[int, np.ndarray]) -> np.ndarray:
+        """(required seeds, test rows) correctness of a submission's predictions."""
+        return correct_matrix([per_seed[s] for s in self.seeds], self.labels)
+
+    def score(self, per_seed: dict[int, np.ndarray], rows: np.ndarray, n_boot: int = 10_000) -> PGRInterval:
+        """PGR on ``rows`` (the board or the sealed third) over the required seeds, with a paired
+        bootstrap interval over rows and seeds (weak, ceiling and transfer on the same rows)."""
+        return pgr_interval(self.correct(per_seed)[:, rows], self.weak_correct[:, rows], self.ceiling_correct[:, rows],
+                            n_boot=n_boot, seed=int(self.fingerprint[:8], 16))
+
+    def compare(self, a: dict[int, np.ndarray], b: dict[int, np.ndarray], rows: np.ndarray, n_boot: int = 10_000) -> PGRDiff:
+        """PGR(a) - PGR(b) on ``rows``, paired over the same rows and seeds."""
+        return pgr_diff_interval(self.correct(a)[:, rows], self.correct(b)[:, rows], self.weak_correct[:, rows],
+                                 self.ceiling_correct[:, rows], n_boot=n_boot, seed=int(self.fingerprint[:8], 16))
 
 
 def load_scorer(
@@ -101,24 +134,17 @@ def load_scorer(
     data = load_testbed(exp.testbed)
     labels = np.asarray(data.test.labels, dtype=np.int64)
     fp = testbed_fingerprint(exp.testbed)
-    dev, final = split_dev_final(len(labels), fp)
-
-    def accs(probs: np.ndarray, rows: np.ndarray) -> float:
-        return float((np.asarray(probs).argmax(1)[rows] == labels[rows]).mean())
-
-    weak_probs = [weak_artifacts(exp, s)["test_probs"] for s in baseline_seeds]
-    ceil_probs = [ceiling(exp, s)["test_probs"] for s in baseline_seeds]
+    dev, board, sealed = split_rows(len(labels), fp)
     return Scorer(
         name=alias if eq else public_name(ref),
         kind=data.kind,
         labels=labels,
         dev=dev,
-        final=final,
+        board=board,
+        sealed=sealed,
         baseline_seeds=list(baseline_seeds),
-        weak_dev=float(np.mean([accs(p, dev) for p in weak_probs])),
-        ceiling_dev=float(np.mean([accs(p, dev) for p in ceil_probs])),
-        weak_final=[accs(p, final) for p in weak_probs],
-        ceiling_final=[accs(p, final) for p in ceil_probs],
+        weak_correct=correct_matrix([weak_artifacts(exp, s)["test_probs"] for s in baseline_seeds], labels),
+        ceiling_correct=correct_matrix([ceiling(exp, s)["test_probs"] for s in baseline_seeds], labels),
         seeds=list(fixed_seeds) if fixed_seeds else server_seeds(secret, fp, n_seeds),
         fingerprint=fp,
         experiment=exp,

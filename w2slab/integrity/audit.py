@@ -21,9 +21,17 @@ with opaque names:
 - every other testbed the server serves, on its first ``audit_seeds`` seeds: **generalisation**
   (PGR on that testbed's final half).
 
-**Label access**: paths the method opened under label-bearing prefixes, reads of paths that do
-not exist in the sandbox (looking for label files), network calls and new processes (recorded by
-the runner's audit hook), plus what the sandbox refused per its stderr. Any of them flags it.
+**Label access**: opening any decoy label file (the served and built-in testbeds' label files and
+the grader's secrets are FIFOs inside the sandbox, watched from outside: the code cannot erase
+that record), paths the method opened under label-bearing prefixes, reads of paths that do not
+exist in the sandbox, network calls and new processes (recorded by the runner's audit hook, in
+the audited process), plus what the sandbox refused per its stderr. Any of them flags it.
+
+**What the code sees** (:func:`audit_sandbox_spec`): what a researcher's experiment sees - the
+interpreter and the w2slab package folder (never the repository root, ``.git``, ``runs/`` or
+``$W2SLAB_HOME``), the label-free kits, its workspace; limits on wall time, memory, file size,
+disk and processes. Researchers read flag kinds, severities and fixed texts
+(:data:`PUBLIC_TEXT`), never what the code printed.
 
 **Method file convention**: ``method.py`` at the archive root (or at the root of its only
 top-level folder); otherwise the one ``.py`` file that defines an ``@method(...)`` or a
@@ -61,7 +69,7 @@ import numpy as np
 from sqlmodel import col, select
 
 from w2slab import paths
-from w2slab.engine.stats import summarize
+from w2slab.engine.stats import pgr
 from w2slab.grader.db import (
     Post,
     Researcher,
@@ -263,6 +271,43 @@ class KitBuilder:
         return dest
 
 
+def decoy_paths(scorers: list[Any]) -> list[Path]:
+    """Where a cheater would look for labels: the label files of every served testbed and of the
+    built-in ones, and the grader's secrets. Inside the audit sandbox each is a decoy (a FIFO bound
+    under the masks) whose opening is recorded outside the sandbox."""
+    from w2slab.testbeds import DATA_DIR, get_testbed
+
+    folders = [DATA_DIR / p.name for p in sorted(DATA_DIR.iterdir()) if p.is_dir()] if DATA_DIR.is_dir() else []
+    for sc in scorers:
+        exp = getattr(sc, "experiment", None)
+        folder = get_testbed(exp.testbed).folder if exp is not None else None
+        if folder is not None:
+            folders.append(Path(folder))
+    out = [Path(os.path.abspath(f)) / name for f in folders for name in ("test.jsonl", "train_label.jsonl")]
+    home = paths.home() / "grader"
+    out += [home / "grader.db", home / "admin_token", home / "server_secret"]
+    return list(dict.fromkeys(out))
+
+
+def audit_sandbox_spec(ws: Path, kits_root: Path, emb: Path | None, scorers: list[Any], st: AuditSettings) -> Any:
+    """The audit sandbox: what a researcher's experiment sees and nothing more - the interpreter,
+    the w2slab package (never the repository root, ``.git``, ``runs/`` or ``$W2SLAB_HOME``), the
+    label-free kits, a private workspace, no network; label files replaced by decoys; limits on
+    time, memory, file size, disk and processes. ``st.weak`` switches defences off (red team)."""
+    from w2slab.researchers.sandbox import SandboxSpec, python_binds
+
+    weak_view = "view" in st.weak
+    env = {"OMP_NUM_THREADS": str(st.threads), "MKL_NUM_THREADS": str(st.threads)}
+    readonly: list[str | Path] = [*python_binds(PROJECT_ROOT, whole_tree=weak_view), kits_root]
+    if emb is not None:
+        env["W2SLAB_SHARED_EMBEDDINGS"] = str(emb)
+    masked = [str(p) for p in label_paths(scorers)]
+    decoys = [] if "evidence" in st.weak else [str(p) for p in decoy_paths(scorers)]
+    return SandboxSpec(workspace=ws, readonly=readonly, wall_seconds=st.wall_seconds, memory_bytes=st.memory_bytes,
+                       env=env, masked=masked, decoys=decoys, auto_mask=not weak_view, file_size_bytes=st.file_size_bytes,
+                       workspace_quota_bytes=st.workspace_quota_bytes, max_processes=st.max_processes)
+
+
 # ---------------------------------------------------------------- assessment (pure)
 
 
@@ -275,9 +320,9 @@ def agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def final_pgrs(sc: Any, preds: dict[int, np.ndarray]) -> list[float | None]:
-    transfer = [sc.acc(preds[s], sc.final) for s in preds]
-    summary = summarize(transfer, sc.weak_final, sc.ceiling_final, n_boot=10)
-    return [None if np.isnan(p) else round(float(p), 4) for p in summary.per_seed_pgr]
+    """Per-seed PGR on the board third (the rows submissions are scored on)."""
+    weak, ceil = sc.baseline(sc.board)
+    return [None if np.isnan(g := pgr(sc.acc(preds[s], sc.board), weak, ceil)) else round(float(g), 4) for s in preds]
 
 
 def _mean(xs: list[float | None]) -> float | None:
@@ -291,14 +336,41 @@ def _coarse(xs: list[float | None]) -> float | None:
 
 
 def public_pgr(sc: Any, p1: np.ndarray, secret: bytes, purpose: str) -> float | None:
-    """A coarse PGR for researcher-visible audit reports: keyed noise on the final-half accuracy,
+    """A coarse PGR for researcher-visible audit reports: keyed noise on the board accuracy,
     then 1 decimal."""
-    from w2slab.engine.stats import pgr
-
-    bits = np.packbits(p1[sc.final] > 0.5).tobytes()
-    acc = noisy_accuracy(sc.acc(p1, sc.final), len(sc.final), 1.0, secret, sc.name, bits, purpose)
-    g = pgr(acc, float(np.mean(sc.weak_final)), float(np.mean(sc.ceiling_final)))
+    bits = np.packbits(p1[sc.board] > 0.5).tobytes()
+    acc = noisy_accuracy(sc.acc(p1, sc.board), len(sc.board), 1.0, secret, sc.name, bits, purpose)
+    g = pgr(acc, *sc.baseline(sc.board))
     return None if np.isnan(g) else round(g, 1)
+
+
+PUBLIC_TEXT = {  # what researchers read about a flag: fixed per kind, never the audited code's output
+    "irreproducible": "re-running the submitted code on the kit did not reproduce the submitted predictions "
+                      "(or it failed, or no method file was found)",
+    "teacher-free": "the score does not depend on the weak teacher; listed on the teacher-free board",
+    "teacher-check-failed": "the method failed on a changed-teacher kit, so teacher dependence was not measured",
+    "constant-predictions": "(nearly) one answer for every row",
+    "seed-insensitive": "the same predictions for every seed",
+    "label-access": "the code tried to reach data it was not given (label files, missing paths or the network)",
+    "spawned-processes": "the code started processes in the audit sandbox",
+    "resource-limits": "the code hit a sandbox limit (disk quota, file size or process count)",
+    "unaudited": "the submission could not be audited (server side); the operator will look at it",
+}
+
+
+def public_flag(kind: str, severity: str) -> str:
+    return PUBLIC_TEXT.get(kind, f"{kind} ({severity}): details are on the operator's dashboard")
+
+
+def resource_flags(a: "Assessment", sandbox: dict[str, Any]) -> None:
+    """Flag a run that hit the disk quota, the file-size limit or the process limit (measured
+    outside the sandbox)."""
+    hit = [name for name, on in (("workspace disk quota", sandbox.get("quota_exceeded")),
+                                 ("file size limit", sandbox.get("file_too_large")),
+                                 ("process limit", sandbox.get("process_limit_hits"))) if on]
+    if hit:
+        a.flag("resource-limits", "warning", "the code hit the sandbox's " + ", ".join(hit), limits=sandbox.get("limits"),
+               peak_workspace_bytes=sandbox.get("peak_workspace_bytes"), peak_processes=sandbox.get("peak_processes"))
 
 
 @dataclass
@@ -421,7 +493,7 @@ def assess(sc: Any, submitted: dict[int, np.ndarray], jobs: dict[str, Any], othe
                f"measured: {teacher['shuffled']['error']}")
 
     # label access
-    suspicious = [e for e in events if e.get("kind") in ("watched-path", "missing-path", "network")]
+    suspicious = [e for e in events if e.get("kind") in ("watched-path", "missing-path", "network", "decoy")]
     processes = [e for e in events if e.get("kind") == "process"]
     system = ("/usr/", "/lib", "/proc/", "/sys/", "/dev/", "/etc/")
     denied_ = [d for d in denied if d.startswith("network:") or not d.startswith(system)]
@@ -476,13 +548,42 @@ def system_account(engine: Any) -> int:
         return r.id or 0
 
 
+WEAKEN_ENV = "W2SLAB_WEAK_AUDIT"  # red team only: comma list of defences to switch off
+DEFENCES = ("view", "evidence", "limits", "fairness", "messages")
+
+
+def weakened() -> set[str]:
+    """Audit defences switched off through ``$W2SLAB_WEAK_AUDIT`` (``all`` or a comma list of
+    :data:`DEFENCES`): the red team's defence-off runs, never a production setting."""
+    raw = {w.strip() for w in os.environ.get(WEAKEN_ENV, "").split(",") if w.strip()}
+    return set(DEFENCES) if "all" in raw else raw & set(DEFENCES)
+
+
+def default_workers() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
 @dataclass
 class AuditSettings:
-    workers: int = 1
+    """``wall_seconds``: one audit (every kit) in one sandbox. 600 s is the researchers' own
+    per-experiment wall limit and about 20x the slowest toy audit measured; it bounds what one
+    submission can take from the queue (the old 1800 s let a sleeping method hold the only worker
+    for half an hour). ``workers``: audits in parallel; one researcher may hold the last free worker
+    only while nobody else waits."""
+
+    workers: int = field(default_factory=default_workers)
     audit_seeds: int = 2
-    wall_seconds: float = 1800.0
+    wall_seconds: float = 600.0
     memory_bytes: int | None = 16 * 2**30
     threads: int = 1
+    file_size_bytes: int | None = 256 << 20
+    workspace_quota_bytes: int | None = 1 << 30
+    max_processes: int | None = 128
+    weak: set[str] = field(default_factory=weakened)
+
+    def __post_init__(self) -> None:
+        if "limits" in self.weak:
+            self.file_size_bytes = self.workspace_quota_bytes = self.max_processes = None
 
 
 class Auditor:
@@ -501,6 +602,8 @@ class Auditor:
         self._bot: int | None = None
 
     def start(self) -> None:
+        if self.settings.weak:
+            log.warning("audit defences switched OFF by $%s (red team only): %s", WEAKEN_ENV, ", ".join(sorted(self.settings.weak)))
         for i in range(max(0, self.settings.workers)):
             t = threading.Thread(target=self._loop, name=f"w2slab-audit-{i}", daemon=True)
             t.start()
@@ -527,12 +630,31 @@ class Auditor:
             self.audit(sid)
 
     def claim(self) -> int | None:
+        """The oldest queued audit of a researcher who holds fewer than ``workers - 1`` running
+        audits (with two or more workers): one researcher never holds every worker, so another's
+        audit starts at once however many slow submissions the first has queued."""
         with write_session(self.state.engine) as s:
-            row = s.exec(select(SubmissionCheck).where(SubmissionCheck.status == "queued")
-                         .order_by(col(SubmissionCheck.created_at)).limit(1)).first()
-            if row is None:
+            queued = s.exec(select(SubmissionCheck, Submission.researcher_id)
+                            .join(Submission, col(Submission.id) == col(SubmissionCheck.submission_id))
+                            .where(SubmissionCheck.status == "queued")
+                            .order_by(col(SubmissionCheck.created_at)).limit(500)).all()
+            if not queued:
                 s.rollback()
                 return None
+            row = queued[0][0]
+            if "fairness" not in self.settings.weak and self.settings.workers > 1:
+                running = s.exec(select(Submission.researcher_id)
+                                 .join(SubmissionCheck, col(Submission.id) == col(SubmissionCheck.submission_id))
+                                 .where(SubmissionCheck.status == "running")).all()
+                busy: dict[int, int] = {}
+                for rid in running:
+                    busy[rid] = busy.get(rid, 0) + 1
+                cap = max(1, self.settings.workers - 1)
+                fair = [c for c, rid in queued if busy.get(rid, 0) < cap]
+                if not fair:
+                    s.rollback()
+                    return None
+                row = fair[0]
             row.status, row.started_at = "running", now()
             s.add(row)
             s.commit()
@@ -559,6 +681,7 @@ class Auditor:
             a = assess(sc, submitted, jobs, others, events, denied, self.settings.audit_seeds, self.state.secret)
             a.checks["method_file"] = method_rel
             a.checks["sandbox"] = sandbox
+            resource_flags(a, sandbox)
             status = "done"
         except Exception as e:
             log.warning("audit of submission %s failed: %s", sid, e)
@@ -584,12 +707,7 @@ class Auditor:
         self._save(sub, who.name if who else "?", a, status)
 
     def _run(self, sub: Submission, sc: Any, ws: Path) -> tuple[dict, list, list, str, dict]:
-        from w2slab.researchers.sandbox import (
-            SandboxSpec,
-            python_binds,
-            require_sandbox,
-            run_in_sandbox,
-        )
+        from w2slab.researchers.sandbox import require_sandbox, run_in_sandbox
 
         require_sandbox()
         with read_session(self.state.engine) as s:
@@ -616,15 +734,16 @@ class Auditor:
                 "allowed": [str(ws), str(self.kits.root), sys.prefix, sys.base_prefix, str(PROJECT_ROOT)]}
         (ws / "spec.json").write_text(json.dumps(spec))
         st = self.settings
-        env = {"OMP_NUM_THREADS": str(st.threads), "MKL_NUM_THREADS": str(st.threads)}
-        readonly: list[str | Path] = [*python_binds(PROJECT_ROOT), self.kits.root]
-        if emb is not None:
-            env["W2SLAB_SHARED_EMBEDDINGS"] = str(emb)
-        spec_ = SandboxSpec(workspace=ws, readonly=readonly, wall_seconds=st.wall_seconds, memory_bytes=st.memory_bytes,
-                            env=env, masked=[str(p) for p in labels])
+        spec_ = audit_sandbox_spec(ws, self.kits.root, emb, list(self.state.scorers.values()), st)
         res = run_in_sandbox(spec_, [sys.executable, "-m", "w2slab.integrity.runner", str(ws / "spec.json")])
         sandbox = {"returncode": res.returncode, "timed_out": res.timed_out, "seconds": round(res.wall_seconds_used, 1),
-                   "stderr_tail": res.stderr[-2000:]}
+                   "stderr_tail": res.stderr[-2000:], "decoys_opened": res.decoys_opened,
+                   "peak_workspace_bytes": res.peak_workspace_bytes, "quota_exceeded": res.quota_exceeded,
+                   "peak_processes": res.peak_processes, "process_limit_hits": res.process_limit_hits,
+                   "file_too_large": "File too large" in res.stderr or res.returncode == 128 + 25,
+                   "limits": {"wall_seconds": st.wall_seconds, "file_size_bytes": st.file_size_bytes,
+                              "workspace_quota_bytes": st.workspace_quota_bytes, "max_processes": st.max_processes},
+                   "weakened": sorted(st.weak)}
         try:
             result = json.loads(out.read_text())
         except (OSError, ValueError):
@@ -635,15 +754,20 @@ class Auditor:
         jobs_out = result.get("jobs", {}) if isinstance(result, dict) else {}
         if not isinstance(jobs_out, dict):
             jobs_out = {}
-        if res.timed_out:
+        if res.timed_out or res.quota_exceeded:
+            why = f"timed out after {st.wall_seconds:.0f} s" if res.timed_out else "workspace disk quota exceeded"
             for j in jobs:
-                jobs_out.setdefault(j["name"], {"error": f"timed out after {st.wall_seconds:.0f} s"})
+                jobs_out.setdefault(j["name"], {"error": why})
         events = [e for e in result.get("events", []) if isinstance(e, dict)] if isinstance(result, dict) else []
+        if "evidence" not in st.weak:  # recorded outside the sandbox: the code cannot erase these
+            events += [{"kind": "decoy", "detail": f"opened decoy label file {d}"} for d in res.decoys_opened]
         return jobs_out, events, list(res.denied), str(method.relative_to(code.resolve())), sandbox
 
     # ---- results
 
     def _save(self, sub: Submission, researcher: str, a: Assessment, status: str) -> None:
+        for f in a.flags:  # what researchers may read: fixed text (raw messages only with the defence off)
+            f["public"] = f["message"] if "messages" in self.settings.weak else public_flag(f["kind"], f["severity"])
         kinds = [f["kind"] for f in a.flags]
         result = {"checks": a.checks, "flags": a.flags, "public": a.public}
         bot = self._bot or system_account(self.state.engine)
@@ -687,20 +811,20 @@ def _finite(x: Any) -> Any:
 
 
 def thread_body(sub: Submission, researcher: str, a: Assessment) -> str:
-    """The forum thread: flags and the evidence a researcher may see (coarse numbers only)."""
+    """The forum thread: flag kinds, severities and their fixed texts (nothing the audited code
+    printed or chose: no messages, tracebacks or agreement numbers) and the coarse scores."""
     lines = [f"Automatic integrity audit of submission #{sub.id} by **{researcher}** on `{sub.testbed}` "
              f"(method `{sub.method_name}`, snapshot `{sub.snapshot_sha256[:12]}`).", ""]
     if a.flags:
         lines.append("**Flags**")
-        lines += [f"- **{f['kind']}** ({f['severity']}): {f['message']}" for f in a.flags]
+        lines += [f"- **{f['kind']}** ({f['severity']}): {f.get('public') or public_flag(f['kind'], f['severity'])}" for f in a.flags]
     else:
         lines.append("No flags: the code reproduces the submitted predictions, the score depends on the weak teacher, "
                      "and nothing outside the kit was touched.")
     lines.append("")
     repro = a.checks.get("reproducibility", {})
     if repro.get("per_seed"):
-        lines.append("Reproducibility (hard-label agreement of the re-run with the submission, per seed): "
-                     + ", ".join(f"{r['seed']}: {r.get('agreement', 'n/a')}" for r in repro["per_seed"]))
+        lines.append("Reproducibility per seed: " + ", ".join(f"{r['seed']}: {'yes' if r.get('ok') else 'no'}" for r in repro["per_seed"]))
     if "method_file" in a.checks:
         lines.append(f"Method file: `{a.checks['method_file']}`.")
     pub = {k: v for k, v in a.public.items() if v is not None}

@@ -26,6 +26,8 @@ def redteam(
                                                                   "refusal, audits) to see what they stop.")] = False,
     no_ladder: Annotated[bool, typer.Option("--no-ladder", help="Switch only the Ladder off (noise, reuse and the rest stay on), "
                                                                 "to see what it stops.")] = False,
+    no_submission_hardening: Annotated[bool, typer.Option("--no-submission-hardening", help="Switch only the submission "
+        "defences off (the board Ladder: exact board scores; the near-duplicate check on scored rows only), to see what they stop.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the toy data and the attackers (default: random).")] = None,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Keep the server's files here (default: a temporary folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -39,13 +41,15 @@ def redteam(
     if workdir:
         workdir.mkdir(parents=True, exist_ok=True)
     with RedTeam(workdir, test_rows=rows, eval_budget=budget, coord_budget=coord_budget, unhardened=unhardened, seed=seed,
-                 ladder=not no_ladder, quiet=as_json) as rt:
+                 ladder=not no_ladder, board_ladder=not no_submission_hardening,
+                 dup_rows="board" if no_submission_hardening else "all", quiet=as_json) as rt:
         results = rt.run()
     if as_json:
         print(json.dumps({"seed": rt.seed, "unhardened": unhardened, "ladder": not (no_ladder or unhardened), "ok": summary_ok(results),
                           "results": [r.to_dict() for r in results]}, indent=1))
     else:
-        mode = "UNHARDENED" if unhardened else ("hardened, NO LADDER" if no_ladder else "hardened")
+        mode = "UNHARDENED" if unhardened else ("hardened, NO LADDER" if no_ladder else
+                                                "hardened, NO SUBMISSION DEFENCES" if no_submission_hardening else "hardened")
         table = Table(title=f"red team ({mode} grader, {rows} test rows, seed {rt.seed})")
         for c in ("attack", "researcher(s)", "queries", "recovered (correct/guessed)", "p (binomial vs 0.5)", "caught", ""):
             table.add_column(c, overflow="fold")
@@ -70,8 +74,7 @@ def flags(
 
     rows = all_flags(_engine(db), researcher=researcher)
     if as_json:
-        for f in rows:
-            print(json.dumps(f))
+        print(json.dumps(rows, indent=1))
         return
     _print_flags(rows)
 

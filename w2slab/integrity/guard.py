@@ -16,7 +16,7 @@ from sqlalchemy import insert, select
 from sqlmodel import Session
 
 from w2slab.engine.stats import pgr
-from w2slab.grader.db import Fingerprint, dumps, now
+from w2slab.grader.db import Fingerprint, Submission, dumps, now
 from w2slab.grader.scoring import PredictionError
 from w2slab.integrity.feedback import default_radius, noisy_accuracy
 from w2slab.integrity.fingerprint import hamming, pack, unpack
@@ -31,7 +31,7 @@ class History:
 
     testbed: str
     kind: str
-    rows: np.ndarray  # scored test rows (dev or final)
+    rows: np.ndarray  # rows a vector is compared on: dev rows for evaluations, every test row for submissions
     n_test: int
     n_seeds: int = 1
     ladder: float | None = None  # evaluate: the Ladder's margin (None: off)
@@ -114,8 +114,11 @@ class FeedbackGuard:
     """Dev answers (noise + reuse) and submission near-duplicate checks for every served testbed."""
 
     def __init__(self, secret: bytes, dev_noise: float = 1.0, dev_radius: int | None = None,
-                 submit_radius: int | None = None, ladder: float | None = None, ladder_seeds: int = 5) -> None:
+                 submit_radius: int | None = None, ladder: float | None = None, ladder_seeds: int = 5,
+                 board_ladder: float | None = None, dup_rows: str = "all") -> None:
         self.secret, self.dev_noise, self.dev_radius, self.submit_radius = secret, dev_noise, dev_radius, submit_radius
+        self.board_ladder = board_ladder  # None: auto (board_margin), 0: off (exact board numbers: red-team comparison only)
+        self.dup_rows = dup_rows  # "all": near-duplicates compared on every row; "board": scored rows only (red team)
         self.ladder = ladder  # None: auto (ladder_margin), 0: off
         self.ladder_seeds = ladder_seeds  # ladders (seed keys) per researcher and testbed
         self._histories: dict[tuple[str, str], History] = {}
@@ -125,7 +128,9 @@ class FeedbackGuard:
         with self._lock:
             key = (scorer.name, kind)
             if key not in self._histories:
-                rows = scorer.dev if kind == "evaluate" else scorer.final
+                # submissions are compared on every row, so a refusal depends on the researcher's own
+                # vectors only, never on which rows are scored (no split-membership oracle)
+                rows = scorer.dev if kind == "evaluate" else np.arange(scorer.n_test) if self.dup_rows == "all" else scorer.board
                 self._histories[key] = History(scorer.name, kind, np.asarray(rows), scorer.n_test,
                                                1 if kind == "evaluate" else len(scorer.seeds),
                                                ladder=self.ladder_margin(scorer) if kind == "evaluate" else None)
@@ -144,7 +149,42 @@ class FeedbackGuard:
     def sub_radius(self, scorer: Any) -> int:
         if self.submit_radius is not None:
             return self.submit_radius
-        return max(2, math.ceil(0.005 * len(scorer.final) * len(scorer.seeds)))
+        return max(2, math.ceil(0.005 * len(self.history(scorer, "submit").rows) * len(scorer.seeds)))
+
+    # ------------------------------------------------------------ the board
+
+    def board_margin(self, scorer: Any) -> float | None:
+        """The submission Ladder's margin in board accuracy: by default one sampling error of an
+        accuracy near 0.5 on the board third (0.5 / sqrt(n_board), to 2 decimals, at least 0.01)."""
+        if self.board_ladder is None:
+            return max(0.01, round(0.5 / math.sqrt(max(1, len(scorer.board))), 2))
+        return self.board_ladder or None
+
+    def board_answer(self, s: Session, who: int, scorer: Any, score: Any) -> dict[str, Any]:
+        """What a researcher is shown of a submission's board score (``score``: a PGRInterval).
+
+        A Ladder (Blum & Hardt 2015) per (researcher, testbed): a submission gets its own numbers,
+        rounded to 2 decimals, only when its board accuracy beats the researcher's best by more than
+        the margin; otherwise it is shown the best's numbers with ``improved: false``. Controlled
+        changes to a submission then move no answer, so exact counts of correct rows never leave
+        the grader. Replayed from the stored real scores (the same answers after restarts and
+        across workers). Off (margin 0): the real numbers to 3 decimals (red-team comparison only)."""
+        margin = self.board_margin(scorer)
+        if margin is None:
+            return {**_rounded(score, 3), "improved": True, "ladder": None}
+        w, c = scorer.baseline(scorer.board)
+        extra = {"ladder": margin, "ladder_pgr": round(margin / (c - w), 2) if c > w else None}
+        t = Submission.__table__  # type: ignore[attr-defined]
+        rows = s.connection().execute(select(t.c.transfer_acc, t.c.shown).where(
+            t.c.researcher_id == who, t.c.testbed == scorer.name).order_by(t.c.id)).all()
+        best_acc, best_shown = None, None
+        for acc, shown in rows:  # replay: the improvements are the rungs
+            if best_acc is None or acc > best_acc + margin + 1e-9:
+                best_acc, best_shown = acc, json.loads(shown or "{}")
+        if best_acc is None or score.transfer_acc > best_acc + margin + 1e-9:
+            return {**_rounded(score, 2), "improved": True, **extra}
+        return {**{k: best_shown.get(k) for k in ("pgr", "pgr_ci", "transfer_acc")}, "improved": False, **extra,
+                "note": f"not better than your best board accuracy by more than {margin}: these are your best's numbers"}
 
     # ------------------------------------------------------------ evaluations
 
@@ -208,7 +248,7 @@ class FeedbackGuard:
         return hist.view(np.concatenate(hard_by_seed)), hist
 
     def near_duplicate(self, s: Session, scorer: Any, hard_by_seed: list[np.ndarray]) -> tuple[int, int] | None:
-        """(fingerprint id, distance) of an earlier submission whose final-row predictions differ
+        """(fingerprint id, distance) of an earlier submission whose predictions (every row, every seed) differ
         from these in 1..radius rows (over all seeds), else None."""
         v, hist = self.submission_view(scorer, hard_by_seed)
         radius = self.sub_radius(scorer)
@@ -233,3 +273,8 @@ class FeedbackGuard:
         full = np.concatenate(hard_by_seed)
         return dict(researcher_id=who, testbed=scorer.name, kind="submit", n_rows=len(hard_by_seed[0]), bits=pack(full),
                     flipped=dumps(flipped), **near)
+
+
+def _rounded(score: Any, digits: int) -> dict[str, Any]:
+    r = lambda x: None if x is None or not math.isfinite(x) else round(float(x), digits)  # noqa: E731
+    return {"pgr": r(score.pgr), "pgr_ci": [r(score.lo), r(score.hi)], "transfer_acc": r(score.transfer_acc)}

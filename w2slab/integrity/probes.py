@@ -15,6 +15,10 @@ From those, per researcher and testbed:
   errors of chance (0.5) *and* are at least 30% of the scored rows from every earlier vector of
   theirs: fresh random vectors, the raw material of the regression (boosting) attack. (The Ladder
   is what stops that attack; this flag makes the naive form of it visible.)
+- ``probe-submission-edits`` (high): at least ``submit_edit_min`` submissions differ from an
+  earlier submission of theirs in only a few (row, seed) predictions (at most 2% of them, more
+  than the near-duplicate refusal's radius): controlled edits of one submission, the pattern of
+  a regression attack on the board labels. (The submission Ladder stops it; this makes it visible.)
 
 Flags are computed live from the stored fingerprints (cheap aggregates), so they are always
 current: ``GET /api/admin/flags``, the dashboard's researchers page and ``w2slab audit``.
@@ -40,6 +44,7 @@ class ProbeThresholds:
     near_min: int = 10
     coord_min: int = 5
     random_min: int = 10
+    submit_edit_min: int = 5
 
     def near_rows(self, n_scored: int) -> int:
         return max(3, math.ceil(0.005 * n_scored))
@@ -58,7 +63,7 @@ def probe_flags(engine: Engine, thresholds: ProbeThresholds | None = None, resea
                                                                          "partners": defaultdict(int), "h": 3, "random": 0})
     for rid, tb, n_rows, own, other, other_rid, flipped, created, answer in rows:
         st = stats[(rid, tb)]
-        n_dev = n_rows // 2  # evaluations score the dev half
+        n_dev = n_rows // 3  # evaluations score the dev third
         h = t.near_rows(n_dev)
         st["h"], st["n"], st["last"] = h, st["n"] + 1, max(st["last"], created)
         if own is None or own >= 0.3 * n_dev:  # far from all their earlier vectors: is it chance-level too?
@@ -109,9 +114,29 @@ def probe_flags(engine: Engine, thresholds: ProbeThresholds | None = None, resea
         add(rid, tb, "probe-coordinated", "high",
             f"evaluations near-identical (within {st['h']} rows, not equal) to other researchers' queries: {who}",
             {"partners": {names.get(o, str(o)): k for o, k in partners.items()}}, st["last"])
+    out += _submission_edit_flags(engine, t, names)
     if researcher:
         out = [f for f in out if f["researcher"] == researcher]
     return sorted(out, key=lambda f: -f["created_at"])
+
+
+def _submission_edit_flags(engine: Engine, t: ProbeThresholds, names: dict[int, str]) -> list[dict[str, Any]]:
+    with read_session(engine) as s:
+        rows = s.exec(select(Fingerprint.researcher_id, Fingerprint.testbed, Fingerprint.nearest_own, Fingerprint.bits,
+                             Fingerprint.created_at).where(Fingerprint.kind == "submit").order_by(col(Fingerprint.id))).all()
+    edits: dict[tuple[int, str], list[float]] = defaultdict(list)
+    totals: dict[tuple[int, str], int] = defaultdict(int)
+    for rid, tb, own, bits, created in rows:
+        totals[(rid, tb)] += 1
+        if own is not None and 0 < own <= math.ceil(0.02 * len(bits) * 8):  # bits: one per (row, seed) prediction
+            edits[(rid, tb)].append(created)
+    return [{"key": f"probe-submission-edits:{tb}:{rid}", "researcher": names.get(rid, str(rid)), "researcher_id": rid,
+             "testbed": tb, "submission_id": None, "kind": "probe-submission-edits", "severity": "high",
+             "message": f"{len(when)} of {totals[(rid, tb)]} submissions differ from an earlier one of theirs in at most 2% of "
+                        "the (row, seed) predictions: controlled edits, the pattern of a regression attack on the board labels",
+             "evidence": {"submissions": totals[(rid, tb)], "edited_submissions": len(when)}, "created_at": max(when),
+             "source": "probe-detector"}
+            for (rid, tb), when in edits.items() if len(when) >= t.submit_edit_min]
 
 
 def stored_flags(engine: Engine, researcher: str | None = None, submission_id: int | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,11 @@ label files          the submitted code looks for label files, caches and the gr
                      at their real paths, lists folders and calls the grader over the network
 path traversal       snapshots with ``..``, absolute paths, symlinks and hard links
 seed cherry-picking  run many seeds, keep the best on dev, submit it for every required seed
-final-set probe      resubmit the same predictions with one final-half row flipped
+final-set probe      resubmit the same predictions with one row flipped, read the board score
+submission regression  reproducible edits of one submission (one row flipped in every seed, score-
+                     neutral swaps as padding) read board labels off exact scores
+refusal oracle       single-row edits of one submission: is the refusal (409 vs 201) telling
+                     which rows the board scores?
 honest control       the naive method, submitted properly: must NOT be flagged
 ===================  ==========================================================================
 
@@ -32,6 +36,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import signal
@@ -101,6 +106,21 @@ from w2slab.methods import method
 def honest(ctx):
     """Train the student on the weak teacher's hard labels."""
     return ctx.new_student().fit(ctx.train, ctx.weak_hard, seed=ctx.seed).predict_proba(ctx.test)
+'''
+
+EDITED = '''
+from w2slab.methods import method
+
+EDITS = {edits!r}
+
+
+@method("honest-edited")
+def edited(ctx):
+    """The naive method, then fixed edits of some rows per seed (reproducible)."""
+    p = ctx.new_student().fit(ctx.train, ctx.weak_hard, seed=ctx.seed).predict_proba(ctx.test)
+    for row, cls in EDITS.get(ctx.seed, {{}}).items():
+        p[row] = [1.0 - cls, float(cls)]
+    return p
 '''
 
 CONSTANT = '''
@@ -234,13 +254,13 @@ def _link(name: str, kind: bytes, target: str) -> Any:
 # ---------------------------------------------------------------- statistics
 
 
-def binom_p(correct: int, n: int) -> float:
-    """One-sided P(X >= correct) for X ~ Binomial(n, 0.5)."""
+def binom_p(correct: int, n: int, chance: float = 0.5) -> float:
+    """One-sided P(X >= correct) for X ~ Binomial(n, chance)."""
     if n <= 0:
         return 1.0
     from scipy.stats import binomtest
 
-    return float(binomtest(correct, n, 0.5, alternative="greater").pvalue)
+    return float(binomtest(correct, n, chance, alternative="greater").pvalue)
 
 
 @dataclass
@@ -330,13 +350,15 @@ class RedTeam:
 
     def __init__(self, workdir: Path | None = None, test_rows: int = 400, eval_budget: int = 250, coord_budget: int = 100,
                  unhardened: bool = False, seed: int | None = None, audit_timeout: float = 300.0, quiet: bool = True,
-                 final_probes: int = 4, audit_workers: int = 2, ladder: bool = True) -> None:
+                 final_probes: int = 4, audit_workers: int = 2, ladder: bool = True, board_ladder: bool = True,
+                 submit_probes: int = 36, dup_rows: str = "all", audits: bool = True) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="w2slab-redteam-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.home = self.workdir / "home"
         self.test_rows, self.eval_budget, self.coord_budget = test_rows, eval_budget, coord_budget
         self.unhardened, self.audit_timeout, self.quiet, self.final_probes = unhardened, audit_timeout, quiet, final_probes
         self.audit_workers, self.ladder = audit_workers, ladder
+        self.board_ladder, self.submit_probes, self.dup_rows, self.audits = board_ladder, submit_probes, dup_rows, audits
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.rng = np.random.default_rng(self.seed)
         self.proc: subprocess.Popen | None = None
@@ -364,12 +386,19 @@ class RedTeam:
         cmd = [sys.executable, "-m", "w2slab.grader.cli", "serve", "-t", f"toy={self.toy}", "-t", f"toy2={self.toy2}",
                "--weak", WEAK, "--strong", STRONG, "--baseline-workers", "1", "--port", str(self.port),
                "--db", f"sqlite:///{self.workdir / 'grader.db'}", "--eval-per-hour", str(self.eval_budget + 50),
-               "--eval-total", str(self.eval_budget + 50), "--submit-per-hour", "100", "--submit-total", "100",
+               "--eval-total", str(self.eval_budget + 50), "--submit-per-hour", "200", "--submit-total", "200",
                "--audit-workers", str(self.audit_workers), "--dev-ladder-seeds", str(self.LADDER_SEEDS)]
         if self.unhardened:
-            cmd += ["--dev-noise", "0", "--dev-reuse-radius", "0", "--dev-ladder", "0", "--submit-dup-radius", "0", "--no-audits"]
+            cmd += ["--dev-noise", "0", "--dev-reuse-radius", "0", "--dev-ladder", "0", "--submit-dup-radius", "0", "--no-audits",
+                    "--board-ladder", "0"]
         elif not self.ladder:
             cmd += ["--dev-ladder", "0"]
+        if not self.board_ladder and not self.unhardened:
+            cmd += ["--board-ladder", "0"]
+        if not self.audits and not self.unhardened:
+            cmd += ["--no-audits"]
+        if self.dup_rows != "all":
+            cmd += ["--dup-rows", self.dup_rows]
         env = dict(os.environ, W2SLAB_HOME=str(self.home), OMP_NUM_THREADS="1")
         env.pop("W2SLAB_ADMIN_TOKEN", None)
         self.log = self.workdir / "grader.log"
@@ -682,6 +711,79 @@ class RedTeam:
         res.queries = c.queries
         return self._score(res, rows, guesses)
 
+    def attack_submission_regression(self) -> AttackResult:
+        """Read board labels off submission scores: one submission of the honest method, then
+        ``submit_probes`` reproducible edits of it (the snapshot's code applies them, so the audit
+        re-runs agree), each flipping one row in every seed, padded with swaps between seeds that
+        disagree (score unchanged) to clear the near-duplicate radius. With exact board scores a
+        flip of a board row moves the score by exactly its seeds' count, up or down by the label."""
+        res = AttackResult("submission regression", ["regina"], f"{self.submit_probes} reproducible edits of one submission "
+                                                                 "(one row flipped in every seed, swaps as padding)")
+        c = self.researcher("regina")
+        preds = self.kit_predictions(HONEST, self.seeds)
+        hard = {s: (v > 0.5).astype(int) for s, v in preds.items()}
+        agree = np.all([hard[s] == hard[self.seeds[0]] for s in self.seeds], axis=0)
+        split = [int(i) for i in np.flatnonzero(~agree)]
+        targets = [int(i) for i in self.rng.permutation(np.flatnonzero(agree))[: self.submit_probes]]
+        radius = max(2, math.ceil(0.005 * len(self.truth) * len(self.seeds)))  # the grader's published default
+        n_swaps = max(0, (radius - len(self.seeds)) // 2 + 1)
+        base = self.submit(c, "honest", EDITED.format(edits={}), preds)
+        if base.status_code != 201:
+            return res
+        base_acc = base.json()["transfer_acc"]
+        rows, guesses = [], []
+        for i in targets:
+            edits: dict[int, dict[int, int]] = {s: {i: int(1 - hard[s][i])} for s in self.seeds}
+            for j in self.rng.choice(split, size=min(n_swaps, len(split)), replace=False) if split else []:
+                a = next(s for s in self.seeds if hard[s][j] != hard[self.seeds[0]][j])
+                edits[self.seeds[0]][int(j)], edits[a][int(j)] = int(hard[a][j]), int(hard[self.seeds[0]][j])
+            p = {s: v.copy() for s, v in preds.items()}
+            for s, e in edits.items():
+                for row, cls in e.items():
+                    p[s][row] = float(cls)
+            r = self.submit(c, "honest", EDITED.format(edits=edits), p)
+            if r.status_code == 201 and r.json().get("transfer_acc") is not None and r.json()["transfer_acc"] != base_acc:
+                rows.append(i)
+                guesses.append(int(1 - hard[self.seeds[0]][i]) if r.json()["transfer_acc"] > base_acc else int(hard[self.seeds[0]][i]))
+        res.queries = c.queries
+        return self._score(res, rows, guesses)
+
+    def attack_refusal_oracle(self) -> AttackResult:
+        """Read which rows the board scores from refusals, without spending budget: a submission
+        one prediction away from an earlier one is refused as a near-duplicate when the check
+        compares scored rows only (a board row changes the distance, any other row does not).
+        Scored as board membership guessed against its base rate (a third of the rows)."""
+        res = AttackResult("refusal oracle", ["rufus"], f"{self.final_probes * 4} single-row edits of one submission, "
+                                                        "board membership read off 409 vs 201")
+        c = self.researcher("rufus")
+        preds = self.kit_predictions(HONEST, self.seeds)
+        first = self.submit(c, "honest", HONEST, preds)
+        if first.status_code != 201:
+            return res
+        board_guess, rows = [], [int(i) for i in self.rng.permutation(len(self.truth))[: self.final_probes * 4]]
+        for i in rows:
+            p = {s: v.copy() for s, v in preds.items()}
+            p[self.seeds[0]][i] = 1.0 - float(p[self.seeds[0]][i] > 0.5)
+            r = c.submit("toy", "honest", self.snapshot(c, HONEST), p)
+            if r.status_code == 201:
+                self.submissions.setdefault(c.name, []).append(r.json()["id"])
+            else:
+                self.refused.setdefault(c.name, []).append(f"{r.status_code}: {r.json().get('detail', '')[:120]}")
+            board_guess.append(r.status_code == 409)
+        member = self.board_members()
+        res.guessed = len(rows)
+        res.correct = int(sum(g == (i in member) for i, g in zip(rows, board_guess)))
+        res.p_value = binom_p(res.correct, res.guessed, chance=max(len(member), len(self.truth) - len(member)) / len(self.truth))
+        res.queries = c.queries
+        return res
+
+    def board_members(self) -> set[int]:
+        """The board third of the toy testbed (the red team's own knowledge, to score the attack)."""
+        from w2slab.grader.scoring import split_rows
+        from w2slab.testbeds import testbed_fingerprint
+
+        return {int(i) for i in split_rows(len(self.truth), testbed_fingerprint(self.toy))[1]}
+
     def control(self) -> AttackResult:
         res = AttackResult("honest control", ["henry"], "the naive method, submitted properly", expect_caught=False)
         c = self.researcher("henry")
@@ -736,16 +838,21 @@ class RedTeam:
 
     def run(self) -> list[AttackResult]:
         attacks = [self.attack_single_flip, self.attack_coordinated, self.attack_regression, self.attack_majority, self.attack_lexicon, self.attack_fake,
-                   self.attack_label_files, self.attack_traversal, self.attack_cherry_pick, self.attack_final_probe, self.control]
+                   self.attack_label_files, self.attack_traversal, self.attack_cherry_pick, self.attack_final_probe,
+                   self.attack_submission_regression, self.attack_refusal_oracle, self.control]
+        from w2slab.integrity import redteam_audit  # lazy: it imports this module
+        attacks += [] if self.unhardened or not self.audits else redteam_audit.register(self)
         for attack in attacks:
             t = time.monotonic()
             self.results.append(attack())
             self.say(f"{self.results[-1].name}: {time.monotonic() - t:.1f} s")
-        if not self.unhardened:
+        if not self.unhardened and self.audits:
             t = time.monotonic()
             self.wait_for_audits()
             self.say(f"audits: {time.monotonic() - t:.1f} s")
         self.verdicts()
+        if getattr(self, "audit_attacks", None):
+            self.audit_attacks.verdicts()
         return self.results
 
 

@@ -95,7 +95,7 @@ def main(spec_path: str) -> int:
             if isinstance(e, KeyboardInterrupt):
                 raise
             tb = traceback.format_exc()
-            result["jobs"][job["name"]] = {"error": f"{type(e).__name__}: {e}"[:2000], "traceback": tb[-4000:],
+            result["jobs"][job["name"]] = {"error": f"{type(e).__name__}: {e}"[:4000], "traceback": tb[-4000:],
                                            "seconds": round(time.time() - start, 2)}
         save()
     save()

@@ -45,12 +45,19 @@ class BackendConfig:
     lora_alpha: int = 32
     max_length: int = 512
     warmup: float = 0.1
+    # probe heads: on a large training set the batch grows (and lr by the square root of the growth)
+    # so that an epoch takes at most this many steps; None: always batch_size (see ProbeBackend.fit)
+    max_steps_per_epoch: int | None = 8
     grad_checkpointing: bool = True
     device: str = field(default="auto", metadata={"cache": False})
 
     def cache_dict(self) -> dict[str, Any]:
-        """The fields that affect results, for content-addressed cache keys."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("cache", True)}
+        """The fields that affect results, for content-addressed cache keys (``max_steps_per_epoch``
+        only where it acts: a probe with it set; so keys from before it existed stay valid)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("cache", True)}
+        if d.get("max_steps_per_epoch") is None or self.kind != "probe":
+            d.pop("max_steps_per_epoch", None)
+        return d
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +115,8 @@ def _coerce(key: str, val: Any, type_name: str) -> Any:
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "probe": {},
     # lm: no activation checkpointing unless a step runs out of memory (LMBackend then switches it on)
-    "lm": {"model": "", "epochs": 5, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.0, "grad_checkpointing": False},
+    "lm": {"model": "", "epochs": 5, "lr": 1e-4, "batch_size": 32, "weight_decay": 0.0, "grad_checkpointing": False,
+           "max_steps_per_epoch": None},
 }
 
 

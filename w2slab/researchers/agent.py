@@ -510,7 +510,10 @@ share what you learn with the other researchers on the forum.
 - Researcher kit (read-only, NO labels): {kit}
 {kit_info}
 - Nobody here has labels: only the grader scores predictions. `evaluate` gives dev-half feedback \
-(a small budget); `submit` is scored once on the hidden final half and goes on the leaderboard.
+(a small budget); `submit` is scored on the hidden board third and goes on the leaderboard, behind a Ladder \
+(a submission shows its own rounded numbers only when it beats your best board score by the margin). \
+When the run ends, your best board submission (or the one you pick with `POST /api/final`) is \
+scored once on a sealed holdout: that score is the result.
 - The grader runs a Ladder per seed: `evaluate` returns new numbers (`"improved": true`) only when \
 your dev accuracy beats your best so far on that seed by more than the margin (`ladder`, in PGR \
 `ladder_pgr`); otherwise `"improved": false` with that best's numbers again, i.e. that run is no \

@@ -134,7 +134,7 @@ def status(workdir: WorkdirOpt = DEFAULT_WORKDIR,
     s = st.get("summary")
     if s:
         best, naive = s.get("best") or {}, s.get("naive") or {}
-        console.print(f"best final PGR {_fmt(best.get('pgr'))} ({best.get('researcher', '-')}) vs naive {_fmt(naive.get('pgr'))}; "
+        console.print(f"best sealed PGR {_fmt(best.get('pgr'))} ({best.get('researcher', '-')}) vs naive {_fmt(naive.get('pgr'))}; "
                       f"{s.get('findings_posted')} findings posted", highlight=False)
 
 

@@ -12,7 +12,8 @@ import httpx
 
 
 class GraderError(RuntimeError):
-    """The grader refused a request; ``status`` and the server's message are kept."""
+    """The grader refused a request; ``status`` and the server's message are kept (every grader error
+    body is ``{"detail": "<one line>"}``, 422 included: ``w2slab.grader.deps.ErrorOut``)."""
 
     def __init__(self, status: int, message: str, retry_after: float | None = None):
         super().__init__(f"grader said {status}: {message}")
@@ -40,9 +41,12 @@ class GraderClient:
             if resp.status_code < 400:
                 return resp.json() if resp.headers.get("content-type", "").startswith("application/json") else resp.content
             try:
-                detail = resp.json().get("detail", resp.text)
+                body = resp.json()
             except ValueError:
-                detail = resp.text
+                body = None
+            detail = body.get("detail", resp.text) if isinstance(body, dict) else resp.text
+            if isinstance(detail, list):  # FastAPI's default validation body, from a server without our handler
+                detail = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in detail)
             retry = resp.headers.get("Retry-After")
             raise GraderError(resp.status_code, str(detail), float(retry) if retry else None)
         raise AssertionError("unreachable")
@@ -72,6 +76,18 @@ class GraderClient:
 
     def leaderboard(self, testbed: str) -> dict[str, Any]:
         return self._call("GET", "/api/leaderboard", params={"testbed": testbed})
+
+    def pick_final(self, testbed: str, submission_id: int) -> dict[str, Any]:
+        """Choose the submission scored once on the sealed holdout when the run ends."""
+        return self._call("POST", "/api/final", json={"testbed": testbed, "submission_id": submission_id})
+
+    def sealed(self, testbed: str, vs: int | None = None) -> dict[str, Any]:
+        """Sealed-holdout scores, with paired differences against the sealed pick ``vs``."""
+        return self._call("GET", "/api/sealed", params={"testbed": testbed, **({"vs": vs} if vs is not None else {})})
+
+    def seal(self, testbed: str) -> dict[str, Any]:
+        """(operator) Score every researcher's pick once on the sealed holdout."""
+        return self._call("POST", "/api/admin/seal", json={"testbed": testbed})
 
     # code store
     def upload_snapshot(self, folder: str | Path, parent: str | None = None, note: str = "") -> dict[str, Any]:

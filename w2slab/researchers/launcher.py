@@ -14,12 +14,14 @@
    stops everything on the deadline, on the budgets, on ``w2slab research stop`` (a stop file)
    or on Ctrl-C (children terminated, waited for, summarised);
 5. writes ``<workdir>/status.json`` (accounting per researcher and in total) every second and
-   ends with a summary: best final-set PGR vs the naive baseline, experiments, findings, the
-   dashboard address.
+   ends, once the submissions' audits are done, with a summary scored on the sealed holdout:
+   the best pick's PGR and its paired interval against the naive baseline, experiments,
+   findings, the dashboard address.
 
 Layout of ``<workdir>``::
 
     status.json  launcher.json  STOP (the stop file)  kit/  shared_embeddings/  grader/
+    report.md  report.html  report_pgr.png (the end-of-run report: w2slab.researchers.report)
     <name>/config.json (0600: holds the token)  <name>/transcript.jsonl  <name>/usage.json
     <name>/process.log  <name>/workspace/  (the only folder the researcher's sandbox may write)
 
@@ -56,6 +58,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
+
+from w2slab.researchers.report import dev_ci, write_run_report
 
 BACKENDS = ("offline", "anthropic", "openai")
 DEFAULT_TESTBED = "tweets-pairs"
@@ -670,6 +674,7 @@ class ResearchOptions:
     eval_per_hour: int = 240
     eval_total: int = 2000
     dev_ladder: float | None = None  # the started grader's Ladder margin (None: its default; 0: off)
+    audit_wait_seconds: float = 600.0  # the summary waits this long for submission audits
     baseline_submit: bool = True
     serve_after: bool = False
     threads: int = 1
@@ -955,7 +960,7 @@ class Launcher:
     # ---- the naive reference on the leaderboard
     def _submit_naive_baseline(self) -> None:
         """Submit plain hard-label training for the server's seeds as researcher
-        ``naive-baseline``: the leaderboard's reference row (same final half, same seeds)."""
+        ``naive-baseline``: the reference on the board and the sealed holdout (same rows, same seeds)."""
         from w2slab.researchers.client import GraderClient, GraderError
 
         try:
@@ -1044,27 +1049,72 @@ class Launcher:
                              force=self.state not in ("starting", "running", "stopping"))
         return st
 
+    def wait_for_audits(self, timeout: float = 600.0) -> list[dict[str, Any]]:
+        """Every submission on the testbed once its audit has finished (or ``timeout`` passed),
+        with a countdown in the log: the summary crowns no submission that an audit would flag."""
+        from w2slab.researchers.client import GraderError
+
+        deadline, said = time.monotonic() + timeout, 0.0
+        board: list[dict[str, Any]] = []
+        while True:
+            try:
+                board = self.admin.submissions(self.public_testbed)
+            except (GraderError, KeyError):
+                return board
+            pending = [r["id"] for r in board if r.get("audit") == "auditing"]
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                if pending:
+                    self.log(f"audits of {len(pending)} submission(s) still running after {timeout:.0f} s: the summary says so")
+                return board
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                self.log(f"waiting for {len(pending)} audit(s) to finish (at most {left:.0f} s more)")
+            time.sleep(1.0)
+
     def summarize(self) -> dict[str, Any]:
+        """The run's result on the sealed holdout. Every researcher's pick (or best board submission)
+        is scored once on the sealed third; the headline is the pick of the researcher with the best
+        board score (chosen on the board, so its sealed score is free of the winner's curse), with
+        its paired interval against the naive baseline on the same sealed rows and seeds."""
         from w2slab.researchers.client import GraderError
 
         ours = {c.name for c in self.configs}
-        board: list[dict[str, Any]] = []
-        try:  # every submission (the W2S board and the teacher-free one), with its audit status
-            board = self.admin.submissions(self.public_testbed)
+        board = self.wait_for_audits(self.opts.audit_wait_seconds)
+        sealed: dict[str, Any] = {"rows": []}
+        try:
             self.server_usage = {r["name"]: r for r in self.admin.researchers()}
-        except (GraderError, KeyError):
-            pass
+            self.admin.seal(self.public_testbed)
+            naive_pick = next((r for r in self.admin.sealed(self.public_testbed)["rows"]
+                               if r["method_name"] == "naive (reference)"), None)
+            sealed = self.admin.sealed(self.public_testbed, vs=naive_pick["submission_id"] if naive_pick else None)
+        except (GraderError, KeyError) as e:
+            self.log(f"could not seal the holdout: {e}")
+            naive_pick = None
         mine = [r for r in board if r["researcher"] in ours]
-        best = max(mine, key=lambda r: -1e9 if r["pgr"] is None else r["pgr"], default=None)
-        naive = next((r for r in board if r["method_name"] == "naive (reference)"), None)
-        keys = ("id", "researcher", "method_name", "pgr", "pgr_ci", "transfer_acc", "weak_acc", "ceiling_acc", "audit",
-                "teacher_free", "flags")
+        picks = [r for r in sealed["rows"] if r["researcher"] in ours]
+        head = max(picks, key=lambda r: (r.get("board_pgr") is not None, r.get("board_pgr") or 0, -r["submission_id"]), default=None)
+        subs = {r["id"]: r for r in board}
+        keys = ("researcher", "submission_id", "method_name", "pgr", "pgr_ci", "transfer_acc", "board_pgr", "chosen_by", "vs")
+
+        def with_audit(row: dict[str, Any] | None) -> dict[str, Any] | None:
+            if row is None:
+                return None
+            sub = subs.get(row["submission_id"], {})
+            return {**{k: row.get(k) for k in keys}, "audit": sub.get("audit"), "flags": sub.get("flags"),
+                    "teacher_free": sub.get("teacher_free")}
+
         st = self.status()
         self.summary = {
             "testbed": self.public_testbed,
-            "best": None if best is None else {k: best.get(k) for k in keys},
-            "naive": None if naive is None else {k: naive.get(k) for k in keys},
-            "submissions_by_us": [{k: r.get(k) for k in keys} for r in mine],
+            "scoring": "sealed holdout, scored once per researcher; PGR with 95% paired bootstrap intervals over test rows "
+                       "and seeds; the headline pick is chosen on the board",
+            "sealed_rows": sealed.get("rows_scored"),
+            "best": with_audit(head),
+            "naive": with_audit(naive_pick),
+            "sealed_picks": [with_audit(r) for r in picks],
+            "candidates": {"dev_evaluations": sum((self.server_usage.get(n) or {}).get("evaluations_total", 0) for n in ours),
+                           "board_submissions": len(mine)},
             "experiments": st["total"]["experiments"], "grader_queries": st["total"]["grader_queries"],
             "findings_posted": sum((self.server_usage.get(n) or {}).get("posts", 0) for n in ours) or st["total"]["findings_posted"],
             "submissions": len(mine), "tokens_in": st["total"]["tokens_in"], "tokens_out": st["total"]["tokens_out"],
@@ -1079,7 +1129,7 @@ class Launcher:
         from rich.table import Table
 
         s = self.summary or {}
-        table = Table(title=f"research summary: {s.get('testbed')}")
+        table = Table(title=f"research summary: {s.get('testbed')} (sealed holdout, {s.get('sealed_rows')} rows)")
         table.add_column("what")
         table.add_column("value")
         best, naive = s.get("best"), s.get("naive")
@@ -1088,7 +1138,7 @@ class Launcher:
             if not row or row.get("pgr") is None:
                 return "n/a"
             lo, hi = row.get("pgr_ci") or [None, None]
-            ci = f" [{lo}, {hi}]" if lo is not None else ""
+            ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
             return f"PGR {row['pgr']:.3f}{ci}"
 
         def audit(row: dict[str, Any] | None) -> str:
@@ -1097,17 +1147,27 @@ class Launcher:
             flags = ", ".join(f.get("kind", str(f)) if isinstance(f, dict) else str(f) for f in row.get("flags") or [])
             return f" (audit: {row['audit']}{'; ' + flags if flags else ''})"
 
-        table.add_row("best submission (final half, server seeds)",
+        table.add_row("best pick (chosen on the board, scored once on the sealed holdout)",
                       f"{fmt(best)} by {best['researcher']}: {best['method_name']}{audit(best)}" if best else "none")
         table.add_row("naive baseline (same seeds and rows)", fmt(naive) + audit(naive))
-        if best and naive and best.get("pgr") is not None and naive.get("pgr") is not None:
-            table.add_row("improvement over naive", f"{best['pgr'] - naive['pgr']:+.3f} PGR")
+        vs = (best or {}).get("vs")
+        if vs and vs.get("diff") is not None:
+            lo, hi = vs["ci"]
+            table.add_row("best vs naive (paired, same rows and seeds)", f"{vs['diff']:+.3f} PGR [{lo:+.3f}, {hi:+.3f}]")
+        for row in s.get("sealed_picks") or []:
+            if row is not best:
+                table.add_row(f"  {row['researcher']}'s pick (sealed)", f"{fmt(row)}: {row['method_name']}{audit(row)}")
+        cand = s.get("candidates") or {}
+        table.add_row("candidates compared", f"{cand.get('dev_evaluations')} on dev, {cand.get('board_submissions')} on the board")
         table.add_row("experiments / grader queries", f"{s.get('experiments')} / {s.get('grader_queries')}")
         table.add_row("findings posted", str(s.get("findings_posted")))
         if s.get("tokens_in") or s.get("usd"):
             table.add_row("tokens in / out, dollars", f"{s['tokens_in']} / {s['tokens_out']}, ${s['usd']:.2f}")
         table.add_row("wall-clock", f"{s.get('wall_seconds', 0):.0f} s")
-        table.add_row("dashboard", str(s.get("dashboard")))
+        if not self.opts.serve_after and self.grader is not None:
+            table.add_row("dashboard", f"w2slab serve -t {self.opts.testbed} --db {self.grader.db_url}  (the grader of this run is stopped)")
+        else:
+            table.add_row("dashboard", str(s.get("dashboard")))
         table.add_row("outcomes", ", ".join(f"{k}: {v}" for k, v in (s.get("outcomes") or {}).items()))
         self.console.print(table)
 
@@ -1127,15 +1187,18 @@ class Launcher:
         interrupted = False
         summary: dict[str, Any] = {}
         previous = self._install_signals()
+        live = LiveStatus(self)  # the terminal's status board from the start (a no-op off a terminal)
         try:
             try:
-                self.setup()
-                _atomic_write(self.workdir / "launcher.json", json.dumps(
-                    {"pid": os.getpid(), "started": self.started, "grader_url": self.grader_url}) + "\n")
-                self.start()
-                while self.poll():
-                    time.sleep(0.5)
-                self.state = "finished"
+                with live:
+                    self.setup()
+                    _atomic_write(self.workdir / "launcher.json", json.dumps(
+                        {"pid": os.getpid(), "started": self.started, "grader_url": self.grader_url}) + "\n")
+                    self.start()
+                    while self.poll():
+                        live.update()
+                        time.sleep(0.5)
+                    self.state = "finished"
                 if self._baseline_thread is not None:
                     self._baseline_thread.join(300)
             except KeyboardInterrupt:
@@ -1152,6 +1215,7 @@ class Launcher:
             if self.admin is not None:
                 summary = self.summarize()
                 self.print_summary()
+                write_run_report(self)
         finally:
             if self.pusher is not None:
                 self.pusher.close()
@@ -1172,6 +1236,108 @@ class Launcher:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return summary
+
+
+class LiveStatus:
+    """The terminal's live status board during a run (rich Live, redrawn every second): per
+    researcher its direction, state, experiments, best dev PGR, grader queries, tokens and
+    dollars, with the elapsed and remaining time. Off (log lines only) when the console is not
+    a terminal or is quiet. ``update()`` (main thread, at most once a second) reads
+    ``Launcher.status()``; the redraw thread only renders the last status it read."""
+
+    def __init__(self, launcher: "Launcher", interval: float = 1.0) -> None:
+        self.launcher = launcher
+        self.interval = interval
+        self.enabled = bool(launcher.console.is_terminal and not launcher.opts.quiet and not launcher.console.quiet)
+        self.st: dict[str, Any] | None = None
+        self.base: dict[str, Any] | None = None  # weak/ceiling and dev rows: the dev PGR intervals
+        self.last = 0.0
+        self.live: Any = None
+
+    def __enter__(self) -> "LiveStatus":
+        if self.enabled:
+            from rich.live import Live  # rich is imported lazily: worker processes import this module
+
+            self.live = Live(get_renderable=self.render, console=self.launcher.console, refresh_per_second=1 / self.interval,
+                             transient=False, redirect_stdout=False, redirect_stderr=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Draw the last status once more and release the terminal (idempotent)."""
+        if self.live is not None:
+            live, self.live = self.live, None
+            try:
+                if self.launcher.configs:
+                    self.st = self.launcher.status()
+                live.refresh()
+            finally:
+                live.stop()
+
+    def update(self, force: bool = False) -> None:
+        if self.live is None or (not force and time.monotonic() - self.last < self.interval):
+            return
+        self.last = time.monotonic()
+        la = self.launcher
+        if not la.configs:
+            return
+        if self.base is None and la.admin is not None:
+            self.base = {}
+            try:
+                lb, beds = la.admin.leaderboard(la.public_testbed), la.admin.testbeds()
+                n = next((t.get("dev_rows") for t in beds if t.get("name") == la.public_testbed), None)
+                self.base = {"weak": lb["weak_acc"], "gap": lb["ceiling_acc"] - lb["weak_acc"], "dev_rows": n}
+            except Exception:  # noqa: BLE001 - without them the board shows dev PGRs without intervals
+                pass
+        self.st = la.status()
+
+    def render(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        la, st = self.launcher, self.st
+        now = time.time()
+        clock = f"elapsed {now - la.started:.0f} s"
+        if la.deadline is not None and la.state in ("running", "stopping"):
+            clock += f", {max(0.0, la.deadline - now):.0f} s left"
+        if st is None:
+            doing = " (setting up: grader, kit, embeddings)" if la.state == "starting" else ""
+            return Text(f"w2slab research: {la.state}{doing}; {clock}")
+        table = Table(title=f"research {st.get('state')} on {st.get('testbed')}: {clock}", title_justify="left",
+                      caption=f"dashboard {st.get('dashboard')}; Ctrl-C stops the run", caption_justify="left",
+                      box=None, pad_edge=False, padding=(0, 1))
+        rows = st.get("researchers", [])
+        cols = [("researcher", max([len(r["name"]) for r in rows] + [10])), ("direction", 0), ("state", 9),
+                ("exper-\niments", 6), ("best dev\nPGR ±95%", 10), ("grader\nqueries", 7), ("tokens\nin/out", 8), ("$", 5)]
+        room = max(6, min(24, la.console.width - sum(w + 2 for _, w in cols)))  # the direction gives way
+        for i, (col, width) in enumerate(cols):
+            table.add_column(col, justify="left" if i < 3 else "right", no_wrap=True, min_width=width or None,
+                             header_style="bold")
+
+        def cut(text: str) -> str:
+            return text if len(text) <= room else text[: room - 1] + "…"
+
+        for r in rows:
+            best = r.get("best_dev_pgr")
+            ci = dev_ci(best, None, self.base or {}) if best is not None else None  # symmetric: shown as ±
+            shown = "-" if best is None else f"{best:.2f}" + (f" ±{(ci[1] - ci[0]) / 2:.2f}" if ci else " (no CI)")
+            table.add_row(r["name"], cut(r.get("direction") or ""), r.get("outcome") or r.get("status") or "",
+                          str(r.get("experiments", 0)), shown, str(r.get("grader_queries", 0)),
+                          f"{_short(r.get('tokens_in', 0))}/{_short(r.get('tokens_out', 0))}", f"{float(r.get('usd') or 0):.2f}")
+        t = st.get("total") or {}
+        table.add_row("total", "", "", str(t.get("experiments", 0)), "", str(t.get("grader_queries", 0)),
+                      f"{_short(t.get('tokens_in', 0))}/{_short(t.get('tokens_out', 0))}", f"{float(t.get('usd') or 0):.2f}",
+                      style="bold")
+        return table
+
+
+def _short(n: Any) -> str:
+    """1234 -> 1.2k, 2345678 -> 2.3M (token counts in the live board)."""
+    n = int(n or 0)
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else str(n)
 
 
 NAIVE_FILE = '''"""Naive weak-to-strong reference: the strong student trained on the weak teacher's hard labels."""

@@ -6,12 +6,15 @@ the recipes it has evaluated (and promising ones read on the forum):
 1. evaluate the naive recipe (hard weak labels) and its direction's opening moves on the two
    *paired* dev seeds (every new recipe gets the same two seeds, so a child's effect vs its
    parent is a paired difference, free of the seed-to-seed variation of the weak teacher);
-2. then, each step, draw a value for every recipe from its posterior ``N(mean, sigma^2 / n)``
-   (``sigma`` = pooled seed-to-seed spread of its own measurements); the top draw is either
+2. then, each step, draw a value for the elite of every recipe family (a quality-diversity
+   archive: per set of switched-on blocks, its best recipe; :meth:`OfflineResearcher.archive`)
+   from its posterior ``N(mean, sigma^2 / n)`` (``sigma`` = pooled seed-to-seed spread of its
+   own measurements); the top draw is either
    *confirmed* on one more dev seed (when it leads but has few seeds: guards against the
    winner's curse), *replicated* (a forum recipe it has not run yet), or *mutated*: one block
    changed (the direction's favourite blocks are 3x as likely) or a block transplanted from
-   another good recipe;
+   another family's elite; near the end of the budget the top candidates by lower bound are
+   re-checked on the dev seeds they miss (:meth:`OfflineResearcher.recheck`);
 3. each new recipe's result goes to the forum (``result`` or ``negative_result``) with its
    effect size vs its parent and the recipe in the body; replications of others' posts get a
    vote (or a comment when they do not replicate);
@@ -22,9 +25,10 @@ the recipes it has evaluated (and promising ones read on the forum):
 
 Through the grader's Ladder (its default; one per seed, so recipes are compared on the same
 teacher seed), an answer "not improved" carries only "at most my best on this seed plus the
-margin"; it is recorded a margin *below* that best and marked censored: a recipe's
-mean and the seed-to-seed spread use its real answers, and only a recipe with nothing else is
-ranked by its censored ones (so the record holder is not dragged down by its own confirmations).
+margin"; it is recorded a margin *below* that best, marked censored, and its bound kept. A
+censored seed counts in a recipe's mean at an imputed value below that bound (:func:`_values`),
+the seed-to-seed spread uses real answers only, and every dev figure the researcher reports
+(forum posts, notebook, ``usage.final``) is that same honest mean, with the censored seeds named.
 
 Every experiment runs ``w2slab predict --kit KIT -m recipe.py`` in the researcher's sandbox.
 The notebook (``notebook.json`` + ``notebook.md`` in the workspace) survives restarts.
@@ -53,6 +57,8 @@ from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_f
 NOTEBOOK_VERSION = 1
 SIGMA_PRIOR = 0.06  # seed-to-seed sd of one dev PGR measurement before any data
 CONFIRM_SEEDS = 4  # a leading recipe is confirmed on up to this many dev seeds (two at a time)
+LCB_Z = 1.0  # the final pick maximises mean - LCB_Z * sigma / sqrt(n)
+RECHECK_TOP = 3  # near the end of the budget, the top candidates by lower bound get the remaining dev seeds
 
 
 @dataclass
@@ -109,18 +115,28 @@ class Notebook:
         d = self.data
         lines = [f"# Notebook of {d['name']}", "", f"Direction: {d['direction']}", "",
                  f"Restarts: {d['restarts']}; experiments: {len(d['experiments'])}", "",
-                 "## Recipes (dev PGR per seed, best first)", "",
+                 "## Recipes (dev PGR per seed, best first; a censored seed counts at its imputed value)", "",
                  "| key | recipe | origin | parent | n | mean dev PGR | per seed | post |", "|---|---|---|---|---|---|---|---|"]
-        for n in sorted(self.nodes.values(), key=lambda n: -_mean(n)):
-            res = ", ".join(f"{s}: {v:.2f}" for s, v in n["results"].items())
-            mean = f"{_mean(n):.3f}" if n["results"] else ("failed" if n.get("failed") else "-")
+        sigma = float(d.get("sigma") or SIGMA_PRIOR)
+        for n in sorted(self.nodes.values(), key=lambda n: -_mean(n, sigma)):
+            cens = set(n.get("censored", []))
+            res = ", ".join(f"{s}: {v:.2f}" + (" (censored: below the Ladder's bound)" if s in cens else "")
+                            for s, v in n["results"].items())
+            mean = f"{_mean(n, sigma):.3f}" if n["results"] else ("failed" if n.get("failed") else "-")
             lines.append(f"| {n['key']} | {n['describe']} | {n['origin']} | {n['parent'] or ''} | {len(n['results'])} | "
                          f"{mean} | {res} | {n['post_id'] or ''} |")
+        if d.get("archive"):
+            lines += ["", "## Archive (the elite of each recipe family)", "", "| family | elite | mean dev PGR | n |", "|---|---|---|---|"]
+            for fam, key in d["archive"].items():
+                n = self.nodes.get(key)
+                if n and n["results"]:
+                    lines.append(f"| {fam} | {key} | {_mean(n, sigma):.3f} | {len(n['results'])} |")
         lines += ["", "## Experiments", ""]
         for e in d["experiments"]:
             lines.append(f"- #{e['n']} {e['kind']} {e['key']} seeds {e['seeds']}: "
                          + (f"dev PGR {e.get('pgr')}" if e.get("ok") else f"failed ({e.get('error', '')[:120]})")
                          + (f", effect {e['effect']:+.3f} vs {e['parent']}" if e.get("effect") is not None else "")
+                         + (f" (censored by the Ladder: seeds {e['censored']})" if e.get("censored") else "")
                          + f" ({e.get('seconds', 0):.0f} s)")
         if d.get("final"):
             lines += ["", "## Final submission", "", "```json", json.dumps(d["final"], indent=1), "```"]
@@ -133,15 +149,70 @@ def _real(node: dict[str, Any]) -> list[float]:
     return [v for s, v in node["results"].items() if s not in censored]
 
 
-def _measured(node: dict[str, Any]) -> list[float]:
-    """The real scores, or the censored ones when the node has nothing else."""
-    return _real(node) or list(node["results"].values())
+def _normal_pdf(a: float) -> float:
+    return math.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
 
 
-def _mean(node: dict[str, Any]) -> float:
-    """Mean dev score: over real answers; a node with only censored (Ladder) answers gets their mean."""
-    vals = _measured(node)
+def _normal_cdf(a: float) -> float:
+    return 0.5 * (1 + math.erf(a / math.sqrt(2)))
+
+
+def _values(node: dict[str, Any], sigma: float = SIGMA_PRIOR) -> dict[str, float]:
+    """Every seed's dev score, a censored (Ladder "not improved") one replaced by an honest guess.
+
+    A censored answer only says the truth lies *below* ``u`` = the seed's best + the margin
+    (``node["bounds"]``; recorded scores are ``best - margin``). It is evidence against the
+    recipe, so it must count (dropping it from the mean while keeping it in n made one lucky
+    seed beat four steady ones). It is imputed as the smaller of
+    (a) the recorded ``best - margin`` (the answer lost to the seed's record holder), and
+    (b) ``E[X | X <= u]`` for ``X ~ N(m, sigma^2)``, ``m`` the mean of the recipe's real answers
+    (the Tobit expectation: a recipe whose real answers are poor is not lifted to the record).
+    Both are below ``u``, so an upper-bounded value is never scored above what the Ladder allows.
+    """
+    censored = set(node.get("censored", []))
+    real = [v for s, v in node["results"].items() if s not in censored]
+    m = statistics.fmean(real) if real else None
+    out = {}
+    for s, v in node["results"].items():
+        if s in censored and m is not None:
+            u = float((node.get("bounds") or {}).get(s, v))
+            a = (u - m) / sigma
+            tobit = m - sigma * _normal_pdf(a) / max(_normal_cdf(a), 1e-12) if a > -8 else u - sigma / max(-a, 1e-9)
+            v = min(v, tobit)
+        out[s] = float(v)
+    return out
+
+
+def _mean(node: dict[str, Any], sigma: float = SIGMA_PRIOR) -> float:
+    """The honest dev score: mean over every seed (censored ones imputed by :func:`_values`)."""
+    vals = list(_values(node, sigma).values())
     return float(sum(vals) / len(vals)) if vals else -math.inf
+
+
+def _lcb(node: dict[str, Any], sigma: float = SIGMA_PRIOR) -> float:
+    """Lower confidence bound ``mean - LCB_Z * sigma / sqrt(n)`` over all of a node's seeds."""
+    n = len(node["results"])
+    return _mean(node, sigma) - LCB_Z * sigma / math.sqrt(n) if n else -math.inf
+
+
+def _dev_text(node: dict[str, Any], sigma: float = SIGMA_PRIOR) -> str:
+    """The honest dev figure as the researcher reports it: mean, n, and which seeds are censored."""
+    n, c = len(node["results"]), len(node.get("censored", []))
+    if not n:
+        return "-"
+    return (f"{_mean(node, sigma):.3f} on {n} seed{'s' if n != 1 else ''} (lower bound {_lcb(node, sigma):.3f}"
+            + (f"; {c} censored by the Ladder, imputed below its bound" if c else "") + ")")
+
+
+def _mark_censored(node: dict[str, Any], metrics: dict[str, Any], added: dict[str, float]) -> None:
+    """Seeds a forum post marks censored stay censored (with their bounds) in the reader's node."""
+    bounds = metrics.get("bounds") or {}
+    for s in metrics.get("censored") or []:
+        s = str(s)
+        if s in added and s not in node.setdefault("censored", []):
+            node["censored"].append(s)
+            if s in bounds:
+                node.setdefault("bounds", {})[s] = float(bounds[s])
 
 
 class OfflineResearcher:
@@ -206,13 +277,25 @@ class OfflineResearcher:
     def evaluated(self) -> list[dict[str, Any]]:
         return [n for n in self.nb.nodes.values() if n["results"]]
 
+    def mean(self, node: dict[str, Any]) -> float:
+        """The honest dev score of a node (every seed, censored ones imputed; see :func:`_values`)."""
+        return _mean(node, self.sigma())
+
+    def lcb(self, node: dict[str, Any]) -> float:
+        return _lcb(node, self.sigma())
+
+    def dev_text(self, node: dict[str, Any]) -> str:
+        return _dev_text(node, self.sigma())
+
     def best(self) -> dict[str, Any] | None:
-        """The recipe to bet on: highest lower bound mean - sigma / sqrt(n) (more seeds, more trust)."""
-        s = self.sigma()
+        """The recipe to bet on: the highest lower confidence bound ``mean - sigma / sqrt(n)`` over
+        all its seeds (censored ones included at their imputed value: more seeds, more trust)."""
         nodes = self.evaluated()
         if not nodes:
             return None
-        return max(nodes, key=lambda n: _mean(n) - s / math.sqrt(len(n["results"])))
+        s = self.sigma()
+        self.nb.data["sigma"] = s
+        return max(nodes, key=lambda n: _lcb(n, s))
 
     # ------------------------------------------------------------------ time
     def estimate(self, recipe: Recipe, n_seeds: int) -> float:
@@ -265,14 +348,19 @@ class OfflineResearcher:
                 return Action("try", r, root_key, block, paired, "starter",
                               f"my direction ({self.cfg.direction_name or 'given'}) points at the '{block}' block: "
                               f"try {r.describe()}")
+        recheck = self.recheck()
+        if recheck is not None:
+            return recheck
         sigma = self.sigma()
         draws: dict[str, float] = {}
+        elites = self.archive()
         for key, n in nodes.items():
             if n.get("failed"):
                 continue
             k = len(n["results"])
             if k:
-                draws[key] = self.rng.gauss(_mean(n), sigma / math.sqrt(k))
+                if elites.get(Recipe.from_dict(n["recipe"]).family, {}).get("key") == key:  # one ticket per family
+                    draws[key] = self.rng.gauss(self.mean(n), sigma / math.sqrt(k))
             elif n.get("reported_pgr") is not None:
                 draws[key] = self.rng.gauss(float(n["reported_pgr"]) - 0.03, 0.12)
         if not draws:
@@ -287,14 +375,15 @@ class OfflineResearcher:
                           f"(reported PGR {node['reported_pgr']}): replicate it", {"post": node["forum_post"]})
         n_seen = len(node["results"])
         if best is not None and n_seen < min(CONFIRM_SEEDS, len(self.dev_seeds)) and \
-                _mean(node) >= _mean(best) - sigma / 2:
+                self.mean(node) >= self.mean(best) - sigma / 2:
             more = [s for s in self.dev_seeds if str(s) not in node["results"]][:2]
             return Action("confirm", recipe, node.get("parent"), None, more, node["origin"],
-                          f"{recipe.describe()} leads (mean {_mean(node):.2f} on {n_seen} seeds): confirm on seeds {more}")
+                          f"{recipe.describe()} leads (mean {self.mean(node):.2f} on {n_seen} seeds): confirm on seeds {more}")
         tried = set(nodes) | avoid
-        ranked = sorted(self.evaluated(), key=lambda n: -_mean(n))
-        if len(ranked) >= 3 and self.rng.random() < 0.25:
-            others = [n for n in ranked[:5] if n["key"] != top]
+        ranked = sorted(self.evaluated(), key=lambda n: -self.mean(n))
+        family = recipe.family
+        others = sorted((n for f, n in elites.items() if f != family), key=lambda n: -self.mean(n))[:5]
+        if len(ranked) >= 3 and others and self.rng.random() < 0.25:  # transplant a block from another family's elite
             other = self.rng.choice(others)
             child = self.mutator.crossover(recipe, Recipe.from_dict(other["recipe"]), self.rng)
             if child.key not in tried and child.cost <= self.mutator.max_cost:
@@ -305,8 +394,59 @@ class OfflineResearcher:
             if got:
                 block, child = got
                 return Action("try", child, parent["key"], block, paired, "mutation",
-                              f"Thompson draw picked {parent['describe']} (mean {_mean(parent):.2f}, n={len(parent['results'])}); "
+                              f"Thompson draw picked {parent['describe']} (mean {self.mean(parent):.2f}, n={len(parent['results'])}); "
                               f"mutate its '{block}' block: {child.diff(Recipe.from_dict(parent['recipe']))}")
+        return None
+
+    def archive(self) -> dict[str, dict[str, Any]]:
+        """The quality-diversity archive: per recipe family (which blocks are on, see
+        :attr:`Recipe.family`), its elite: the highest honest mean. The search draws parents
+        from the elites only (one Thompson ticket per family, so a family with many good
+        variants does not crowd the others out) and transplants blocks across families;
+        the final pick still ranks every recipe by its lower bound (:meth:`best`)."""
+        s = self.sigma()
+        out: dict[str, dict[str, Any]] = {}
+        for n in self.evaluated():
+            if n.get("failed"):
+                continue
+            fam = Recipe.from_dict(n["recipe"]).family
+            if fam not in out or _mean(n, s) > _mean(out[fam], s):
+                out[fam] = n
+        self.nb.data["archive"] = {f: n["key"] for f, n in sorted(out.items())}
+        return out
+
+    def endgame(self) -> bool:
+        """Whether the budget left is about what re-checking the top candidates needs: one
+        two-seed run each (``RECHECK_TOP`` experiments, twice as many grader queries, or that
+        many runs of the current pick's cost before the final reserve)."""
+        b, u = self.cfg.budgets, self.usage
+        if b.experiments is not None and b.experiments - u.experiments <= RECHECK_TOP:
+            return True
+        if b.grader_queries is not None and b.grader_queries - u.grader_queries <= 2 * RECHECK_TOP:
+            return True
+        best = self.best()
+        need = (RECHECK_TOP + 0.5) * self.estimate(Recipe.from_dict(best["recipe"]) if best else Recipe(), 2)
+        if self.cfg.deadline is not None and self.cfg.deadline - time.time() - self.final_reserve() <= need:
+            return True
+        if b.wall_seconds is not None and b.wall_seconds - u.wall_seconds() - self.final_reserve() <= need:
+            return True
+        return False
+
+    def recheck(self) -> Action | None:
+        """Near the end of the budget: the top ``RECHECK_TOP`` recipes by lower bound get the dev
+        seeds they miss (two at a time, the current pick first), so the submission is chosen on
+        more seeds rather than on one lucky pair."""
+        if not self.endgame():
+            return None
+        s = self.sigma()
+        top = sorted(self.evaluated(), key=lambda n: -_lcb(n, s))[:RECHECK_TOP]
+        for node in top:
+            more = [x for x in self.dev_seeds if str(x) not in node["results"]][:2]
+            if more and not node.get("failed"):
+                recipe = Recipe.from_dict(node["recipe"])
+                return Action("confirm", recipe, node.get("parent"), None, more, node["origin"] or "recheck",
+                              f"re-check before submitting: {recipe.describe()} is among my top {RECHECK_TOP} "
+                              f"(dev PGR {self.dev_text(node)}): run it on seeds {more}")
         return None
 
     # ------------------------------------------------------------------ the forum
@@ -320,7 +460,7 @@ class OfflineResearcher:
             self.tr.tool_result("grader.posts", {"error": str(e)})
             return
         best = self.best()
-        bar = _mean(best) - 0.05 if best else -math.inf
+        bar = self.mean(best) - 0.05 if best else -math.inf
         for p in posts:
             if p["id"] in seen:
                 continue
@@ -338,6 +478,7 @@ class OfflineResearcher:
                 new = {s: v for s, v in per_seed.items() if s not in node["results"]} if shared else {}
                 if new and not node.get("failed"):
                     node["results"].update(new)
+                    _mark_censored(node, m, new)
                     self.say(f"forum post #{p['id']} by {p['author']} adds seeds {list(new)} to {node['describe']}")
                 continue
             promising = p["kind"] == "result" and isinstance(m.get("pgr"), (int, float)) and m["pgr"] >= bar
@@ -360,6 +501,7 @@ class OfflineResearcher:
                                 block=m.get("block"))
             if shared:  # measured on the same dev seeds by the same grader: use the numbers as they are
                 node["results"].update(per_seed)
+                _mark_censored(node, m, per_seed)
                 node["reported_by"] = p["author"]
             self.say(f"forum post #{p['id']} by {p['author']}: {recipe.describe()} has dev PGR {m.get('pgr')}"
                      + (f" on seeds {list(per_seed)}; added to my results" if shared else "; added to my candidates"))
@@ -380,23 +522,27 @@ class OfflineResearcher:
 
     def post_finding(self, node: dict[str, Any], parent: dict[str, Any] | None, action: Action) -> float | None:
         recipe = Recipe.from_dict(node["recipe"])
-        common = [s for s in node["results"] if parent and s in parent["results"]]
-        effect = (sum(node["results"][s] - parent["results"][s] for s in common) / len(common)) if common else None
-        mean = _mean(node)
-        parent_mean = (sum(parent["results"][s] for s in common) / len(common)) if common else None
+        sigma = self.sigma()
+        mine, theirs = _values(node, sigma), _values(parent, sigma) if parent else {}
+        common = [s for s in mine if s in theirs]
+        effect = (sum(mine[s] - theirs[s] for s in common) / len(common)) if common else None
+        mean = self.mean(node)
+        parent_mean = (sum(theirs[s] for s in common) / len(common)) if common else None
+        cens = set(node.get("censored", []))
         sign = "" if effect is None else f" ({effect:+.2f} vs parent)"
         what = recipe.diff(Recipe.from_dict(parent["recipe"])) if parent else recipe.describe()
         verb = {"replicate": "replication", "confirm": "confirmation on more seeds"}.get(action.kind, action.block or "change")
         title = f"[{self.cfg.direction_name or 'offline'}] {verb}: {what} -> dev PGR {mean:.2f}{sign}"
         kind = "result" if effect is None or effect > 0 else "negative_result"
-        per_seed = "\n".join(f"| {s} | {node['results'][s]:.2f} | "
-                             f"{parent['results'][s]:.2f} |" if parent and s in parent["results"] else
-                             f"| {s} | {node['results'][s]:.2f} | - |" for s in node["results"])
+        per_seed = "\n".join(f"| {s} | {mine[s]:.2f}{' (censored)' if s in cens else ''} | "
+                             + (f"{theirs[s]:.2f} |" if s in theirs else "- |") for s in mine)
         body = (f"**Finding** ({'positive' if kind == 'result' else 'negative'}): {action.why}.\n\n"
                 f"- recipe `{recipe.key}`: {recipe.describe()}\n"
                 f"- parent `{parent['key'] if parent else '-'}`: {parent['describe'] if parent else '-'}\n"
                 f"- change: {what}\n"
-                f"- dev PGR {mean:.3f} on seeds {list(node['results'])}"
+                f"- dev PGR {self.dev_text(node)}, seeds {list(node['results'])}"
+                + (f"; censored seeds {sorted(cens)} (the Ladder said: not above its best + margin) count at an "
+                   "imputed value below that bound" if cens else "")
                 + (f"; parent {parent_mean:.3f} on the same seeds; paired effect **{effect:+.3f}**" if effect is not None else "")
                 + f"\n- cost: {recipe.cost:.1f} student fits per seed\n\n"
                 f"| seed | this | parent |\n|---|---|---|\n{per_seed}\n\n"
@@ -406,6 +552,7 @@ class OfflineResearcher:
         metrics = {"pgr": round(mean, 4), "parent_pgr": None if parent_mean is None else round(parent_mean, 4),
                    "effect": None if effect is None else round(effect, 4), "n_seeds": len(node["results"]),
                    "seeds": [int(s) for s in node["results"]], "per_seed": dict(node["results"]), "recipe_key": recipe.key,
+                   "censored": sorted(cens), "bounds": dict(node.get("bounds") or {}), "lcb": round(self.lcb(node), 4),
                    "parent_key": parent["key"] if parent else None, "block": action.block, "cost": recipe.cost}
         node["post_id"] = self.post(kind, title, body, metrics)
         if action.kind == "replicate" and action.extra.get("post"):
@@ -413,7 +560,7 @@ class OfflineResearcher:
         return effect
 
     def react(self, post_id: int, node: dict[str, Any]) -> None:
-        reported, mine = node.get("reported_pgr"), _mean(node)
+        reported, mine = node.get("reported_pgr"), self.mean(node)
         try:
             if reported is None or mine >= float(reported) - 0.1:
                 self.tr.tool_call("grader.vote", {"post_id": post_id, "value": 1})
@@ -478,10 +625,11 @@ class OfflineResearcher:
                 return fp
         return None
 
-    def remember(self, seed: int, preds: list[float], key: str, score: float, acc: Any, censored: bool = False) -> None:
+    def remember(self, seed: int, preds: list[float], key: str, score: float, acc: Any, censored: bool = False,
+                 bound: float | None = None) -> None:
         bits = np.packbits(np.asarray(preds) > 0.5).tobytes().hex()
         self.nb.data.setdefault("fingerprints", {}).setdefault(str(seed), []).append(
-            {"bits": bits, "key": key, "score": score, "acc": acc, "censored": censored})
+            {"bits": bits, "key": key, "score": score, "acc": acc, "censored": censored, "bound": bound})
 
     def _sleep(self, seconds: float) -> None:
         end = time.time() + seconds
@@ -518,6 +666,7 @@ class OfflineResearcher:
             dup = self.duplicate_of(seed, preds)
             if dup is not None:  # (nearly) the same answers as an evaluated vector: no new query, same score
                 score, acc, censored = dup["score"], dup.get("acc"), bool(dup.get("censored"))
+                bound = dup.get("bound")
                 entry.setdefault("reused", {})[str(seed)] = dup["key"]
                 self.say(f"seed {seed}: predictions within {self.dup_radius()} rows of those of {dup['key']}; "
                          "reusing its score instead of asking the grader again")
@@ -526,17 +675,21 @@ class OfflineResearcher:
                 score = res.get("pgr") if res.get("pgr") is not None else res.get("transfer_acc")
                 acc = res.get("transfer_acc")
                 censored = res.get("improved") is False  # the grader's Ladder: not better than my best by its margin
+                bound = None
                 if censored:
                     margin = res.get("ladder_pgr") if res.get("pgr") is not None else res.get("ladder")
+                    bound = float(score) + float(margin or 0.0)  # the truth is below the best + the margin
                     score -= float(margin or 0.0)
                     acc = None
                     entry.setdefault("censored", []).append(seed)
                     self.say(f"seed {seed}: the grader's Ladder says not better than my best on this seed by its "
                              f"margin; scoring it a margin below that best ({score:.3f})")
-                self.remember(seed, preds, recipe.key, float(score), acc, censored)
+                self.remember(seed, preds, recipe.key, float(score), acc, censored, bound)
             node["results"][str(seed)] = float(score)
             if censored:
                 node.setdefault("censored", []).append(str(seed))
+                if bound is not None:
+                    node.setdefault("bounds", {})[str(seed)] = bound
             node["accs"][str(seed)] = acc
             scores[str(seed)] = score
             self.nb.save()
@@ -547,12 +700,12 @@ class OfflineResearcher:
             entry["effect"] = self.post_finding(node, parent, action)
         self.nb.data["experiments"].append(entry)
         best = self.best()
-        self.usage.best_dev_pgr = round(_mean(best), 4) if best else None
+        self.usage.best_dev_pgr = round(self.mean(best), 4) if best else None
         self.usage.save()
         self.nb.save()
         eff = entry.get("effect")
         self.say(f"experiment {n} done: dev PGR {scores}" + (f", effect {eff:+.3f} vs parent" if eff is not None else "")
-                 + (f"; best so far {best['describe']} ({_mean(best):.3f}, n={len(best['results'])})" if best else ""))
+                 + (f"; best so far {best['describe']} ({self.mean(best):.3f}, n={len(best['results'])})" if best else ""))
 
     # ------------------------------------------------------------------ the final submission
     def finish(self, reason: str) -> None:
@@ -565,7 +718,7 @@ class OfflineResearcher:
             return
         recipe = Recipe.from_dict(best["recipe"])
         self.say(f"stopping ({reason}); submitting my best recipe {recipe.describe()} "
-                 f"(dev PGR {_mean(best):.3f} on {len(best['results'])} seeds)")
+                 f"(dev PGR {self.dev_text(best)})")
         snap = self.ws / "snapshot"
         shutil.rmtree(snap, ignore_errors=True)
         snap.mkdir()
@@ -586,7 +739,7 @@ class OfflineResearcher:
             self.say(f"the final run failed: {e}")
             return
         preds = {str(s): data["predictions"][str(s)] for s in self.submit_seeds}
-        note = f"{self.cfg.name}: {recipe.describe()} (dev PGR {_mean(best):.3f}, n={len(best['results'])})"[:500]
+        note = f"{self.cfg.name}: {recipe.describe()} (dev PGR {self.dev_text(best)})"[:500]
         self.tr.tool_call("grader.upload_snapshot", {"folder": str(snap), "note": note})
         info = self.client.upload_snapshot(snap, note=note)
         self.tr.tool_result("grader.upload_snapshot", info)
@@ -611,19 +764,20 @@ class OfflineResearcher:
         self.tr.tool_result("grader.submit", sub)
         self.usage.submissions += 1
         self.usage.final = {"submission_id": sub["id"], "pgr": sub["pgr"], "pgr_ci": sub["pgr_ci"], "recipe": recipe.key,
-                            "method_name": method_name, "snapshot": info["sha256"], "file_sha256": sha_file}
-        self.nb.data["final"] = dict(self.usage.final, dev_pgr=_mean(best), dev_seeds=list(best["results"]), reason=reason,
-                                     session=self.cfg.session)
+                            "method_name": method_name, "snapshot": info["sha256"], "file_sha256": sha_file,
+                            "dev_pgr": round(self.mean(best), 4), "dev_lcb": round(self.lcb(best), 4),
+                            "dev_seeds": list(best["results"]), "dev_censored": sorted(best.get("censored", []))}
+        self.nb.data["final"] = dict(self.usage.final, reason=reason, session=self.cfg.session)
         self.nb.data.setdefault("finals", []).append(self.nb.data["final"])
         self.nb.save()
         self.usage.save()
         root = self.nb.nodes.get(Recipe().key)
-        vs = f"; naive recipe on dev: {_mean(root):.3f}" if root and root["results"] else ""
+        vs = f"; naive recipe on dev: {self.mean(root):.3f}" if root and root["results"] else ""
         self.post("result", f"[{self.cfg.direction_name or 'offline'}] submitted {recipe.describe()}: final PGR {sub['pgr']}"[:300],
                   f"Final submission #{sub['id']} on the server's seeds {self.submit_seeds}: PGR {sub['pgr']} "
-                  f"(95% CI {sub['pgr_ci']}), dev PGR {_mean(best):.3f} on {len(best['results'])} seeds{vs}.\n\n"
+                  f"(95% CI {sub['pgr_ci']}), dev PGR {self.dev_text(best)}{vs}.\n\n"
                   + self.evidence(best, sha_file),
-                  {"pgr": sub["pgr"], "dev_pgr": round(_mean(best), 4), "recipe_key": recipe.key, "final": True},
+                  {"pgr": sub["pgr"], "dev_pgr": round(self.mean(best), 4), "recipe_key": recipe.key, "final": True},
                   submission_ids=[sub["id"]], snapshot_shas=[info["sha256"]])
 
     def evidence(self, best: dict[str, Any], sha_file: str) -> str:
@@ -632,9 +786,10 @@ class OfflineResearcher:
             chain.append(node)
             node = self.nb.nodes.get(node["parent"]) if node.get("parent") else None
         lines = [f"# {self.cfg.name}: recipe {best['key']}", "", f"Direction: {self.cfg.direction}", "",
-                 f"Method file sha256: `{sha_file}`", "", "Lineage (dev PGR mean over the seeds evaluated):", ""]
+                 f"Method file sha256: `{sha_file}`", "", "Lineage (dev PGR mean over the seeds evaluated; a seed the Ladder censored counts at an imputed value below its bound):", ""]
         for n in chain:
-            lines.append(f"- `{n['key']}` {n['describe']}: {_mean(n):.3f} on seeds {list(n['results'])} ({n['origin']})")
+            lines.append(f"- `{n['key']}` {n['describe']}: {self.dev_text(n)}, seeds {list(n['results'])}"
+                         + (f", censored {sorted(n['censored'])}" if n.get("censored") else "") + f" ({n['origin']})")
         lines += ["", "```json", json.dumps(best["recipe"], sort_keys=True), "```", ""]
         return "\n".join(lines)
 

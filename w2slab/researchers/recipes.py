@@ -141,6 +141,17 @@ class Recipe:
         epochs = (self.epochs or 30) / 30
         return fits * epochs * (2 if self.symmetric else 1)
 
+    @property
+    def family(self) -> str:
+        """The recipe's niche in the quality-diversity archive: which blocks are switched on
+        (with the method a categorical switch picks), hyper-parameters and knobs ignored."""
+        on = []
+        for block, off in OFF.items():
+            value = getattr(self, BLOCKS[block][0])
+            if value != off:
+                on.append(f"{block}={value}" if isinstance(value, str) else block)
+        return "+".join(on) or "naive"
+
     def describe(self) -> str:
         """One line, naming only what differs from plain hard-label training."""
         base, parts = Recipe().canonical(), []

@@ -16,6 +16,7 @@ is reached from here, outside the sandbox, with the researcher's token (which ne
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jsonschema import Draft202012Validator
 
 from w2slab.researchers.client import GraderClient, GraderError
 from w2slab.researchers.sandbox import SandboxSpec, label_paths, python_binds, run_in_sandbox, run_unsandboxed
@@ -34,6 +36,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESULT_CHARS = 12_000  # what one tool result may hand back to the model
 NOTEBOOK = "NOTEBOOK.md"
 POST_KINDS = ("result", "hypothesis", "insight", "negative_result", "question")
+SANDBOX_CUT = re.compile(r"\[\.\.\. output cut: (\d+) of (\d+) bytes dropped here")  # the sandbox's note (head + tail kept)
 
 
 class ToolFailure(Exception):
@@ -147,6 +150,7 @@ class Toolbox:
     def __init__(self, ctx: ToolContext) -> None:
         self.ctx = ctx
         self.tools: dict[str, Tool] = {t.name: t for t in self._definitions()}
+        self.validators = {name: Draft202012Validator(t.parameters) for name, t in self.tools.items()}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -164,6 +168,10 @@ class Toolbox:
         if missing or unknown:
             return ToolResult(f"ERROR: {name}: missing arguments {missing}, unknown arguments {unknown}; "
                               f"schema: {json.dumps(tool.parameters)}", True)
+        invalid = sorted(self.validators[name].iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path])
+        if invalid:
+            what = "; ".join(f"argument '{'.'.join(map(str, e.absolute_path)) or '(all)'}': {e.message[:300]}" for e in invalid[:5])
+            return ToolResult(f"ERROR: {name}: {what}; schema: {json.dumps(tool.parameters)}", True)
         try:
             out = tool.fn(**args)
         except ToolFailure as e:
@@ -271,7 +279,7 @@ class Toolbox:
             Tool("evaluate", "Score one seed's predictions on the grader's DEV half: returns PGR and transfer "
                  "accuracy (2 decimals), new only when better than your best on that seed by the Ladder's "
                  "margin (else improved=false and that best's numbers). Costs one grader query of a small budget.",
-                 _obj({"predictions_file": STRING, "seed": {**INTEGER, "description": "default: the file's first seed"}},
+                 _obj({"predictions_file": STRING, "seed": {**INTEGER, "description": self._seed_note()}},
                       ["predictions_file"]), self.evaluate),
             Tool("submit", "Submit a method for the leaderboard: uploads the method file's folder as a code "
                  "snapshot and submits its predictions for all the grader's seeds (scored once, on the final "
@@ -313,7 +321,9 @@ class Toolbox:
     def shell(self, command: str, timeout_seconds: float | None = None) -> str:
         wall = min(float(timeout_seconds or self.ctx.shell_timeout), max(self.ctx.shell_timeout, self.ctx.experiment_timeout))
         r = self.run(command, wall)
-        parts = [f"exit code {r.returncode}" + (" (timed out)" if r.timed_out else "")]
+        cuts = [f"{name} was {m[2]} bytes: its start and end are kept, {m[1]} bytes in the middle were cut"
+                for name, text in (("stdout", r.stdout), ("stderr", r.stderr)) if (m := SANDBOX_CUT.search(text or ""))]
+        parts = [f"exit code {r.returncode}" + (" (timed out)" if r.timed_out else "") + (f"; {'; '.join(cuts)}" if cuts else "")]
         if r.stdout:
             parts.append(f"--- stdout ---\n{r.stdout}")
         if r.stderr:
@@ -414,11 +424,27 @@ class Toolbox:
             raise ToolFailure(f"{predictions_file}: expected {{\"predictions\": {{seed: [...]}}}} (from run_experiment)")
         return {str(k): v for k, v in preds.items()}
 
+    def _experiment_seeds(self) -> list[int] | None:
+        try:
+            return self.ctx.kit_seeds()
+        except (AssertionError, OSError, ValueError, KeyError):
+            return None
+
+    def _seed_note(self) -> str:
+        seeds = self._experiment_seeds()
+        if not seeds:
+            return "a seed in the predictions file; default: the file's first seed"
+        return (f"a seed in the predictions file: run_experiment writes the grader's seeds {', '.join(map(str, seeds))} "
+                "(not the kit's own seeds); default: the file's first seed")
+
     def evaluate(self, predictions_file: str, seed: int | None = None) -> str:
         preds = self._load_predictions(predictions_file)
         key = str(seed) if seed is not None else next(iter(preds))
         if key not in preds:
-            raise ToolFailure(f"{predictions_file} has no seed {seed} (seeds: {', '.join(preds)})")
+            ran = self._experiment_seeds()
+            hint = f"; run_experiment writes the grader's seeds {', '.join(map(str, ran))}, evaluate one of those" if ran else ""
+            raise ToolFailure(f"{predictions_file} has no seed {seed}: it holds seeds {', '.join(preds)}{hint} "
+                              "(no grader query was spent)")
         client = self._client()
         label = self._spend("query")
         res = client.evaluate(self.ctx.testbed, preds[key], int(key) if key.lstrip("-").isdigit() else None)

