@@ -81,6 +81,8 @@ def test_leaderboard_shows_submissions_and_chart(server: GraderServer, page) -> 
     first = rows.nth(0).inner_text()
     assert "erin" in first and "entropy-reg" in first and "[" in first  # the interval is shown
     assert "frank" in rows.nth(1).inner_text()
+    assert float(page.inner_text("#mde")) > 0  # what the sealed holdout can tell apart
+    assert "Not sealed yet" in page.inner_text("#sealed")
     page.wait_for_selector("#pgr-chart svg.main-svg")
     assert page.evaluate("document.getElementById('pgr-chart').data.length") == 2
     assert page.locator("#pgr-chart .legendtext").all_text_contents() == ["erin", "frank"]

@@ -136,6 +136,11 @@ def test_evaluate_scores_dev_half_only(server: GraderServer, bob, alice, toy: Pa
     seeded = bob.post("/api/evaluate", json={"testbed": "toy", "predictions": wrong, "seed": 7}).json()  # one ladder per seed
     assert seeded["transfer_acc"] == 0.0 and seeded["improved"] is True
     assert len(scorer.dev) == 40 and len(set(scorer.dev) & set(others)) == 0
+    tb = alice.get("/api/testbeds").json()[0]
+    assert (tb["dev_rows"], tb["board_rows"], tb["sealed_rows"]) == (40, 40, 40)
+    w, c = scorer.baseline(scorer.sealed)
+    d = (scorer.weak_correct[:, scorer.sealed] != scorer.ceiling_correct[:, scorer.sealed]).mean()
+    assert tb["sealed_mde_pgr"] == round((1.959964 + 0.841621) * np.sqrt(d / 40) / (c - w), 2)
 
 
 def test_hourly_budget_gives_429_with_retry_after(server: GraderServer) -> None:

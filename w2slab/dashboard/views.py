@@ -193,7 +193,8 @@ def dashboard_router() -> APIRouter:
         full = is_operator(request)
         rows = grader.leaderboard(state.engine, sc.name, full=full)
         weak, ceiling = sc.baseline(sc.board)
-        base = {"weak": round(weak, 2), "ceiling": round(ceiling, 2), "board_rows": len(sc.board), "sealed_rows": len(sc.sealed)}
+        base = {"weak": round(weak, 2), "ceiling": round(ceiling, 2), "board_rows": len(sc.board), "sealed_rows": len(sc.sealed),
+                "mde": sc.sealed_mde()}
         return _page(request, "leaderboard.html", current=sc.name, rows=rows, base=base, seeds=sc.seeds, operator=full,
                      sealed=grader.sealed_board(state, sc.name, full=full),
                      teacher_free=grader.teacher_free_board(state.engine, sc.name, full=full), traces=json.dumps(chart_traces(rows)))

@@ -502,7 +502,9 @@ def api_router() -> APIRouter:
 
     @api.get("/testbeds")
     def testbeds(request: Request) -> list[dict[str, Any]]:
-        return [{"name": sc.name, "kind": sc.kind, "test_rows": sc.n_test, "dev_rows": len(sc.dev), "seeds": sc.seeds}
+        return [{"name": sc.name, "kind": sc.kind, "test_rows": sc.n_test, "dev_rows": len(sc.dev), "board_rows": len(sc.board),
+                 "sealed_rows": len(sc.sealed), "sealed_mde_pgr": None if math.isnan(m := sc.sealed_mde()) else round(m, 2),
+                 "seeds": sc.seeds}
                 for sc in st(request).scorers.values()]
 
     @api.get("/seeds")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from w2slab.engine.stats import PGRDiff, PGRInterval, correct_matrix, pgr, pgr_diff_interval, pgr_interval
+from w2slab.engine.stats import PGRDiff, PGRInterval, correct_matrix, min_detectable_effect, pgr, pgr_diff_interval, pgr_interval
 from w2slab.testbeds import get_testbed, load_testbed, testbed_fingerprint
 
 SEED_RANGE = 100_000
@@ -87,6 +87,14 @@ class Scorer:
     def baseline(self, rows: np.ndarray) -> tuple[float, float]:
         """Mean weak and ceiling accuracy on ``rows`` over the baseline seeds."""
         return float(self.weak_correct[:, rows].mean()), float(self.ceiling_correct[:, rows].mean())
+
+    def sealed_mde(self) -> float:
+        """The smallest PGR difference the sealed third can detect (paired, 80% power, two-sided
+        5%), taking the weak and ceiling models' disagreement there as the typical one (on two
+        classes, two predictors disagree exactly where one of them is right)."""
+        w, c = self.baseline(self.sealed)
+        d = float((self.weak_correct[:, self.sealed] != self.ceiling_correct[:, self.sealed]).mean())
+        return min_detectable_effect(len(self.sealed), d, c - w) if c > w else math.nan
 
     def acc(self, p1: np.ndarray, rows: np.ndarray) -> float:
         """Accuracy on ``rows``; class 1 when P(class 1) > 0.5 (ties go to class 0, as argmax does)."""

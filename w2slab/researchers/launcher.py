@@ -1155,7 +1155,7 @@ class Launcher:
             lo, hi = vs["ci"]
             table.add_row("best vs naive (paired, same rows and seeds)", f"{vs['diff']:+.3f} PGR [{lo:+.3f}, {hi:+.3f}]")
         for row in s.get("sealed_picks") or []:
-            if row is not best:
+            if not best or row["researcher"] != best["researcher"]:
                 table.add_row(f"  {row['researcher']}'s pick (sealed)", f"{fmt(row)}: {row['method_name']}{audit(row)}")
         cand = s.get("candidates") or {}
         table.add_row("candidates compared", f"{cand.get('dev_evaluations')} on dev, {cand.get('board_submissions')} on the board")
