@@ -203,7 +203,9 @@ def test_audit_attacks_succeed_with_the_defences_off(weak: RedTeam) -> None:
     res = by_name(weak)
     print("\n".join(" | ".join(row) for row in table_rows(weak.results)))
     ex = res["audit exfiltration"]  # the repository root, .git packs and runs/ are readable; messages reach researchers
-    assert ex.p_value < 1e-6 and ex.correct == ex.guessed >= 200 + 1000 and ex.leaked_tokens >= 2 and not ex.ok, ex.notes
+    # (a fresh clone's pack also holds older versions of the built-in label files, read as well: not all match today's)
+    assert ex.p_value < 1e-6 and ex.guessed >= 200 + 1000 and ex.correct >= 0.75 * ex.guessed and ex.leaked_tokens >= 2, ex.notes
+    assert not ex.ok and "served testbed: 200 labels back" in ex.notes
     cheat = res["cheat with leaked labels"]  # reproducible and teacher-dependent: no flag, labels on the board
     assert cheat.p_value < 1e-6 and not cheat.caught and not cheat.ok
     assert not res["evidence erase"].caught  # the in-process evidence list was cleared and there are no decoys
