@@ -32,35 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from w2slab.models.base import LossFn
 
 MODES = ("legacy", "exact", "new")
-
-
-def legacy_train_head(head: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, loss: LossFn,
-                      gen: torch.Generator, epochs: int, batch_size: int, lr: float, weight_decay: float,
-                      warmup: float) -> None:
-    """The probe head's training loop before the change (verbatim, for the side-by-side)."""
-    n = len(x)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = max(1, -(-n // batch_size))
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, warmup * total)) * max(0.0, 1 - s / total)
-    )
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            value = loss(head(x[idx]), y[idx], w[idx], step / total)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-            sched.step()
-            step += 1
 
 
 def child(mode: str, kit: str, recipe: str, seeds: list[int], out: str) -> None:
@@ -71,7 +44,7 @@ def child(mode: str, kit: str, recipe: str, seeds: list[int], out: str) -> None:
     if mode in ("legacy", "exact"):
         probe.batch_plan = lambda n, cfg: (cfg.batch_size, cfg.lr)
     if mode == "legacy":
-        probe.train_head = legacy_train_head
+        probe.train_head = probe.train_head_torch
     Path(out).write_text(json.dumps(predict(kit, recipe, seeds)["predictions"]))
 
 

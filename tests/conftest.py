@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +62,35 @@ def toy_pairwise(tmp_path: Path) -> Path:
 @pytest.fixture
 def toy_correctness(tmp_path: Path) -> Path:
     return make_toy_testbed(tmp_path / "toy-claims", "correctness")
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def offline_page(base_url: str) -> Iterator[Any]:
+    """A Debian-chromium page (Playwright) that may load only ``base_url``: any other request is
+    aborted and, at the end, fails the test (the dashboard must work with no internet)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page()
+        outside: list[str] = []
+
+        def only_local(route: Any) -> None:
+            if route.request.url.startswith(base_url):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        pg.route("**/*", only_local)
+        pg.set_default_timeout(15_000)
+        yield pg
+        browser.close()
+        assert outside == [], f"the dashboard tried to reach the internet: {outside}"

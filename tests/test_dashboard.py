@@ -8,12 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_toy_testbed
+from conftest import make_toy_testbed, offline_page
 from test_grader_support import STRONG, WEAK, GraderServer, targz
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -44,24 +41,7 @@ def server(toy: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def page(server: GraderServer):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page()
-        outside: list[str] = []
-
-        def only_local(route) -> None:  # type: ignore[no-untyped-def]
-            if route.request.url.startswith(server.url):
-                route.continue_()
-            else:
-                outside.append(route.request.url)
-                route.abort()
-
-        pg.route("**/*", only_local)
-        pg.set_default_timeout(15_000)
+    with offline_page(server.url) as pg:
         # operator-only pages need the admin login even on loopback; the open view is what a researcher sees
         pg.goto(f"{server.url}/researchers")
         assert "/login" in pg.url
@@ -69,8 +49,6 @@ def page(server: GraderServer):
         pg.click("button[type=submit]")
         assert pg.url.endswith("/researchers")
         yield pg
-        browser.close()
-        assert outside == [], f"the dashboard tried to reach the internet: {outside}"
 
 
 def test_leaderboard_shows_submissions_and_chart(server: GraderServer, page) -> None:

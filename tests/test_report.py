@@ -21,15 +21,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import make_toy_testbed
+from conftest import make_toy_testbed, offline_page
 from test_grader_support import STRONG, WEAK, GraderServer
 
 from w2slab.researchers.report import dev_ci, effect_ci, write_report
 from w2slab.researchers.sandbox import find_bwrap
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run", "--disable-sync"]
 
 
 def ci_text(value: float, ci: list[float], sign: bool = False) -> str:
@@ -220,27 +217,8 @@ def server(run: dict):
 
 @pytest.fixture(scope="module")
 def page(server: GraderServer):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page()
-        outside: list[str] = []
-
-        def only_local(route) -> None:  # type: ignore[no-untyped-def]
-            if route.request.url.startswith(server.url):
-                route.continue_()
-            else:
-                outside.append(route.request.url)
-                route.abort()
-
-        pg.route("**/*", only_local)
-        pg.set_default_timeout(15_000)
+    with offline_page(server.url) as pg:
         yield pg
-        browser.close()
-        assert outside == [], f"the dashboard tried to reach the internet: {outside}"
 
 
 def test_report_page(server: GraderServer, run: dict, page) -> None:

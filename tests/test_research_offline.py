@@ -23,7 +23,7 @@ from test_grader_support import STRONG, WEAK
 from w2slab.engine.kit import export_kit, predict
 from w2slab.engine.pipeline import Experiment
 from w2slab.models.base import BackendConfig, soft_xent
-from w2slab.models.probe import ProbeBackend, batch_plan, train_head
+from w2slab.models.probe import ProbeBackend, batch_plan, train_head, train_head_torch
 from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
 from w2slab.researchers.launcher import Budgets, ResearcherConfig
 from w2slab.researchers.offline import OfflineResearcher, _lcb, _mean, _values
@@ -406,25 +406,6 @@ def test_endgame_rechecks_top_candidates_on_more_seeds(researcher_factory) -> No
 # ---------------------------------------------------------------- faster student training, same measurement
 
 
-def _reference_adamw(head, x, y, w, gen, epochs, batch, lr, wd, warmup) -> None:
-    """The probe head's training as it was: torch.optim.AdamW stepped by LambdaLR."""
-    n = len(x)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
-    total = epochs * -(-n // batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup * total)) * max(0.0, 1 - s / total))
-    step = 0
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch):
-            idx = order[start:start + batch]
-            value = soft_xent(head(x[idx]), y[idx], w[idx], step / total)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-            sched.step()
-            step += 1
-
-
 @pytest.mark.parametrize("head", ["linear", "mlp"])
 def test_hand_written_adamw_is_bit_for_bit_torch(head: str) -> None:
     g = torch.Generator().manual_seed(0)
@@ -437,7 +418,7 @@ def test_hand_written_adamw_is_bit_for_bit_torch(head: str) -> None:
         h = ProbeBackend(cfg)._make_head(16)
         gen = torch.Generator().manual_seed(5)
         if train is None:
-            _reference_adamw(h, x, y, w, gen, 4, 64, 3e-3, 0.1, 0.1)
+            train_head_torch(h, x, y, w, soft_xent, gen, 4, 64, 3e-3, 0.1, 0.1)
         else:
             train(h, x, y, w, soft_xent, gen, 4, 64, 3e-3, 0.1, 0.1)
         heads.append(h)

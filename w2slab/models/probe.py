@@ -53,6 +53,28 @@ def batch_plan(n: int, cfg: BackendConfig) -> tuple[int, float]:
     return batch, cfg.lr * math.sqrt(batch / cfg.batch_size)
 
 
+def train_head_torch(head: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, loss: LossFn,
+                     gen: torch.Generator, epochs: int, batch_size: int, lr: float, weight_decay: float, warmup: float) -> None:
+    """The reference :func:`train_head` matches bit for bit: ``torch.optim.AdamW`` stepped by
+    ``LambdaLR`` (the head's training before it was written out by hand; tests and the speed
+    benchmark compare against it)."""
+    n = len(x)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    total = epochs * max(1, -(-n // batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup * total)) * max(0.0, 1 - s / total))
+    step = 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            value = loss(head(x[idx]), y[idx], w[idx], step / total)
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            sched.step()
+            step += 1
+
+
 def train_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, loss: LossFn,
                gen: torch.Generator, epochs: int, batch_size: int, lr: float, weight_decay: float, warmup: float) -> None:
     """Mini-batch AdamW with linear warm-up and linear decay, written out by hand.
