@@ -3,9 +3,13 @@ on loopback for a bounded time; prints throughput, latency p50/p95/p99 per opera
 
 By default it starts its own server (a generated toy testbed, a fresh SQLite file, huge budgets):
 
-    .venv/bin/python benchmarks/grader_load.py --duration 20 --clients 50 --workers 1
+    .venv/bin/python benchmarks/grader_load.py --duration 20 --clients 50 --workers 2 --mix evaluate=1
 
-or point it at a running grader with ``--url`` and ``--admin-token`` (it adds researchers ``loadN``).
+``--compare REF`` measures the grader of git revision REF (its ``w2slab`` package extracted with
+``git archive`` into a temporary folder, served by the same Python) and this working tree's, one
+after the other, ``--rounds`` times, and prints both side by side (median and range over rounds).
+``--package DIR`` serves the ``w2slab`` package found in DIR instead of this one. Or point it at a
+running grader with ``--url`` and ``--admin-token`` (it adds researchers ``loadN``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,7 @@ import json
 import os
 import random
 import secrets
-import signal
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from w2slab.grader.process import GraderProcess
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WEAK = "model=bow,head=linear,n_train=30,epochs=10"
 STRONG = "model=glove-50,head=mlp,epochs=10"
@@ -48,39 +55,35 @@ def make_testbed(folder: Path, n_test: int) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(tmp: Path, workers: int, n_test: int, admin: str) -> tuple[subprocess.Popen, str]:
+def start_server(tmp: Path, workers: int, n_test: int, admin: str, package: Path | None = None) -> GraderProcess:
+    """A grader on a fresh database; ``package``: a folder holding another ``w2slab`` to serve."""
     tb = make_testbed(tmp / "bench", n_test)
-    port = free_port()
-    cmd = [sys.executable, "-m", "w2slab.grader.cli", "serve", "-t", f"bench={tb}", "--weak", WEAK, "--strong", STRONG,
-           "--port", str(port), "--workers", str(workers), "--db", f"sqlite:///{tmp / 'bench.db'}",
-           "--eval-per-hour", "1000000000", "--eval-total", "1000000000", "--baseline-workers", "1"]
-    env = {**os.environ, "W2SLAB_ADMIN_TOKEN": admin}
-    proc = subprocess.Popen(cmd, env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"server exited:\n{(tmp / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    sys.exit("server did not start")
+    env = dict(os.environ)
+    if package is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(package), *filter(None, [env.get("PYTHONPATH")])])
+    db = tmp / f"bench-{secrets.token_hex(4)}.db"
+    server = GraderProcess(f"bench={tb}", tmp, WEAK, STRONG, admin_token=admin, eval_per_hour=10**9, eval_total=10**9,
+                           workers=workers, db_url=f"sqlite:///{db}", log=db.with_suffix(".log"), env=env,
+                           cwd=package or ROOT)
+    try:
+        return server.wait_ready(300)
+    except RuntimeError as e:
+        sys.exit(str(e))
+
+
+def extract(ref: str, dest: Path) -> Path:
+    """``w2slab/`` of git revision ``ref`` under ``dest`` (read-only use of the repository)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "w2slab"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
 
 
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) * 1000 if xs else float("nan")
 
 
-async def run(url: str, admin: str, clients: int, duration: float, mix: dict[str, float]) -> int:
+async def run(url: str, admin: str, clients: int, duration: float, mix: dict[str, float]) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=30) as a:
         tokens = []
         for i in range(clients):
@@ -142,7 +145,27 @@ async def run(url: str, admin: str, clients: int, duration: float, mix: dict[str
         print(f"{op:<10} {len(xs):>7} {len(xs) / elapsed:>7.0f} {pct(xs, 50):>8.1f} {pct(xs, 95):>8.1f} {pct(xs, 99):>8.1f} {err:>7}")
     for s in samples:
         print("  error sample:", s)
-    return sum(errors.values())
+    ev = lat.get("evaluate", [])
+    return {"errors": sum(errors.values()), "eval_per_s": len(ev) / elapsed, "all_per_s": total / elapsed,
+            "p50": pct(ev, 50), "p95": pct(ev, 95), "p99": pct(ev, 99)}
+
+
+def measure(tmp: Path, args: argparse.Namespace, mix: dict[str, float], package: Path | None, label: str) -> dict[str, float]:
+    admin = f"adm_{secrets.token_urlsafe(24)}"
+    t0 = time.monotonic()
+    server = start_server(tmp, args.workers, args.test_rows, admin, package)
+    print(f"[{label}] server with {args.workers} worker(s), {args.test_rows} test rows, up in {time.monotonic() - t0:.1f} s")
+    try:
+        return asyncio.run(run(server.url, admin, args.clients, args.duration, mix))
+    finally:
+        server.stop(30)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def main() -> None:
@@ -154,26 +177,35 @@ def main() -> None:
     ap.add_argument("--mix", default="evaluate=0.8,post=0.1,search=0.1", help="operation weights")
     ap.add_argument("--url", help="a running grader instead of starting one")
     ap.add_argument("--admin-token", default=os.environ.get("W2SLAB_ADMIN_TOKEN"))
+    ap.add_argument("--package", type=Path, help="serve the w2slab package in this folder instead of this checkout's")
+    ap.add_argument("--compare", metavar="REF", help="also measure git revision REF (e.g. HEAD), side by side")
+    ap.add_argument("--rounds", type=int, default=1, help="with --compare: alternate old/new this many times")
     args = ap.parse_args()
     mix = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(","))}
-    proc = None
+    if args.url:
+        if not args.admin_token:
+            sys.exit("--url needs --admin-token (or W2SLAB_ADMIN_TOKEN)")
+        sys.exit(1 if asyncio.run(run(args.url, args.admin_token, args.clients, args.duration, mix))["errors"] else 0)
     with tempfile.TemporaryDirectory(prefix="grader-load-") as tmp:
-        if args.url:
-            if not args.admin_token:
-                sys.exit("--url needs --admin-token (or W2SLAB_ADMIN_TOKEN)")
-            url, admin = args.url, args.admin_token
-        else:
-            admin = f"adm_{secrets.token_urlsafe(24)}"
-            t0 = time.monotonic()
-            proc, url = start_server(Path(tmp), args.workers, args.test_rows, admin)
-            print(f"server with {args.workers} worker(s), {args.test_rows} test rows, up in {time.monotonic() - t0:.1f} s")
-        try:
-            errors = asyncio.run(run(url, admin, args.clients, args.duration, mix))
-        finally:
-            if proc is not None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(30)
-    sys.exit(1 if errors else 0)
+        if not args.compare:
+            result = measure(Path(tmp), args, mix, args.package, str(args.package or "this checkout"))
+            sys.exit(1 if result["errors"] else 0)
+        old = extract(args.compare, Path(tmp) / "old")
+        variants = {args.compare: old, "working tree": None}
+        results: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
+        for i in range(args.rounds):
+            for label, package in variants.items():
+                print(f"\n=== round {i + 1}/{args.rounds}: {label} (load average {load_average()})")
+                results[label].append(measure(Path(tmp), args, mix, package, label))
+    print(f"\n{args.clients} clients, {args.workers} worker(s), {args.duration:.0f} s per run, mix {args.mix}, "
+          f"{args.rounds} round(s); load average now {load_average()}")
+    print(f"{'code':<14} {'evaluations/s median (range)':>30} {'p99 ms median (range)':>26} {'p50 ms':>8} {'errors':>7}")
+    for label, rs in results.items():
+        ev, p99 = [r["eval_per_s"] for r in rs], [r["p99"] for r in rs]
+        print(f"{label:<14} {statistics.median(ev):>12.0f} ({min(ev):.0f}-{max(ev):.0f}){'':>6} "
+              f"{statistics.median(p99):>10.0f} ({min(p99):.0f}-{max(p99):.0f}){'':>4} "
+              f"{statistics.median(r['p50'] for r in rs):>8.1f} {sum(r['errors'] for r in rs):>7.0f}")
+    sys.exit(1 if any(r["errors"] for rs in results.values() for r in rs) else 0)
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def test_flags_show_no_bool_metavar_and_demo_names_its_real_folder() -> None:
         assert "--help" in out and "<bool>" not in out, (command, out)
     out = w2slab("demo", "--help", columns=200).stdout
     assert "runs/demo/<date-time>" in out and "demo-research" not in out
-    src = Path(__file__).resolve().parents[1] / "w2slab" / "researchers" / "launcher.py"
+    src = Path(__file__).resolve().parents[1] / "w2slab" / "researchers" / "demo.py"
     assert 'Path("runs") / "demo" / time.strftime' in src.read_text()  # the default the help names
 
 

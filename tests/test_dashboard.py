@@ -4,6 +4,7 @@ everything loads from the server itself (no internet)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ def server(toy: Path, tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def page(server: GraderServer):
     with offline_page(server.url) as pg:
+        pg.set_default_timeout(60_000)  # the first leaderboard parses Plotly (4.8 MB): slow on a loaded 2-core machine
         # operator-only pages need the admin login even on loopback; the open view is what a researcher sees
         pg.goto(f"{server.url}/researchers")
         assert "/login" in pg.url
@@ -62,8 +64,13 @@ def test_leaderboard_shows_submissions_and_chart(server: GraderServer, page) -> 
     assert float(page.inner_text("#mde")) > 0  # what the sealed holdout can tell apart
     assert "Not sealed yet" in page.inner_text("#sealed")
     page.wait_for_selector("#pgr-chart svg.main-svg")
-    assert page.evaluate("document.getElementById('pgr-chart').data.length") == 2
-    assert page.locator("#pgr-chart .legendtext").all_text_contents() == ["erin", "frank"]
+    # operator view (logged in): one panel per researcher, dev evaluations as stored and exact board scores
+    traces = page.evaluate("document.getElementById('pgr-chart').data.map(t => [t.name, t.xaxis, t.y])")
+    assert sorted((name, ax) for name, ax, _ in traces) == [("board", "x"), ("board", "x2"), ("dev evaluation", "x"),
+                                                             ("dev evaluation", "x2")]
+    titles = page.evaluate("document.getElementById('pgr-chart').layout.annotations.map(a => a.text)")
+    assert titles == ["<b>erin</b>", "<b>frank</b>"]
+    assert page.locator("#pgr-chart .legendtext").all_text_contents() == ["dev evaluation", "board"]
 
 
 def test_forum_search_finds_post(server: GraderServer, page) -> None:
@@ -204,6 +211,263 @@ def test_research_page(server: GraderServer, research_run: dict, page) -> None:
     assert entries.count() == 3
     first = entries.nth(0)
     assert "message (assistant)" in first.locator(".kind").inner_text()
-    assert first.locator("pre").inner_text() == "I will try confidence weighting first.\nLine two of the thought."
-    assert "tool call (run_experiment)" in entries.nth(1).inner_text() and '"conf.py"' in entries.nth(1).locator("pre").inner_text()
-    assert "line_truncated" in entries.nth(2).locator("pre").inner_text()
+    assert "I will try confidence weighting first. Line two" in first.locator("summary").inner_text()  # one line
+    assert first.locator("pre").text_content() == "I will try confidence weighting first.\nLine two of the thought."
+    assert "tool call (run_experiment)" in entries.nth(1).inner_text() and '"conf.py"' in entries.nth(1).locator("pre").text_content()
+    assert "line_truncated" in entries.nth(2).locator("pre").text_content()
+
+
+# ---------------------------------------------------------------- researcher vs operator view of the PGR chart
+
+
+@contextlib.contextmanager
+def researcher_view(page, base_url: str):
+    """The same page without the operator's cookie (what a researcher on loopback sees); the
+    cookie is restored afterwards. (The same browser context keeps Plotly in its cache.)"""
+    cookies = page.context.cookies()
+    page.context.clear_cookies()
+    try:
+        yield page
+    finally:
+        page.context.add_cookies(cookies)
+
+
+def chart_points(pg) -> dict:
+    pg.wait_for_selector("#pgr-chart svg.main-svg")
+    return pg.evaluate("Object.fromEntries(document.getElementById('pgr-chart').data.map(t => [t.name + '/' + t.xaxis, "
+                       "{y: t.y, lo: t.error_y ? t.error_y.arrayminus : null, ids: t.customdata}]))")
+
+
+def test_pgr_chart_researcher_view_shows_only_what_the_api_shows(server: GraderServer, page) -> None:
+    with server.client(server.admin_token()) as admin:
+        shown = {s["id"]: s["pgr"] for s in admin.get("/api/submissions").json()}
+        exact = {sid: admin.get(f"/api/admin/submissions/{sid}").json()["board_exact"]["pgr"] for sid in shown}
+    page.goto(f"{server.url}/leaderboard")
+    operator = chart_points(page)
+    assert {i: y for t in ("board/x", "board/x2") for i, y in zip(operator[t]["ids"], operator[t]["y"])} == exact
+    assert operator["board/x"]["lo"] is not None  # interval bars
+    with researcher_view(page, server.url) as open_view:  # loopback, no login: what a researcher sees
+        open_view.goto(f"{server.url}/leaderboard")
+        points = chart_points(open_view)
+        assert set(points) == {"board/x", "board/x2"}  # no dev evaluations: private to their author
+        board = {i: y for p in points.values() for i, y in zip(p["ids"], p["y"])}
+        assert board == shown and all(round(y, 2) == y for y in board.values())
+        assert "Dev evaluations are private" in open_view.inner_text("main")
+        assert open_view.locator("nav a[href='/evaluations']").count() == 1
+        open_view.goto(f"{server.url}/evaluations")
+        assert "/login" in open_view.url  # the dev records are the operator's
+
+
+def test_pgr_chart_stays_readable_with_44_researchers(server: GraderServer, page) -> None:
+    """Small multiples: 44 researchers make 44 panels of one shared scale, 4 per row, a 3-entry legend."""
+    page.goto(f"{server.url}/leaderboard")
+    page.wait_for_selector("#pgr-chart svg.main-svg")
+    page.evaluate("""() => {
+      const rs = [];
+      for (let i = 0; i < 44; i++) {
+        const part = n => ({x: Array.from({length: n}, (_, k) => `2026-01-0${1 + k} 10:00:00`),
+                            y: Array.from({length: n}, (_, k) => 0.1 + 0.01 * i + 0.02 * k), lo: Array(n).fill(null),
+                            hi: Array(n).fill(null), id: Array.from({length: n}, (_, k) => k + 1)});
+        rs.push({name: `researcher-${i}`, dev: part(6), board: part(2), sealed: part(i % 2)});
+      }
+      window.w2slabProgress.setData({researchers: rs, yrange: [0, 1]});
+    }""")
+    layout = page.evaluate("(() => { const l = document.getElementById('pgr-chart').layout; "
+                           "return {n: l.annotations.length, height: l.height, cols: l.grid.columns}; })()")
+    assert layout == {"n": 44, "height": 70 + 11 * 190, "cols": 4}
+    assert page.locator("#pgr-chart .legendtext").all_text_contents() == ["dev evaluation", "board", "sealed"]
+    assert page.locator("#progress-who option").count() == 45
+    page.select_option("#progress-who", "researcher-7")  # one researcher at full width
+    assert page.evaluate("document.getElementById('pgr-chart').layout.annotations.map(a => a.text)") == ["<b>researcher-7</b>"]
+    page.evaluate("window.w2slabProgress.setData({researchers: [], yrange: [0, 1]})")  # nobody has a score yet
+    empty = page.evaluate("(() => { const l = document.getElementById('pgr-chart').layout; return [l.height, l.annotations[0].text]; })()")
+    assert empty == [260, "no scores yet"]
+
+
+# ---------------------------------------------------------------- transcripts, experiments, claims, pagination
+
+N_EXPERIMENTS = 20
+
+
+@pytest.fixture(scope="module")
+def long_run(server: GraderServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A pushed run whose transcript logs experiments the way the offline researcher does (a message
+    with the recipe, sandbox and grader tool calls, a 'done' message): 20 experiments, 161 entries."""
+    from w2slab.researchers.launcher import ResearchPusher, Transcript
+
+    path = tmp_path_factory.mktemp("long") / "offline-9" / "transcript.jsonl"
+    tr = Transcript(path, "offline-9")
+    rng = np.random.default_rng(0)
+    for n in range(1, N_EXPERIMENTS + 1):
+        recipe = {"alpha": round(0.1 * n, 1), "epochs": 2 + n % 3, "soft_labels": n % 2 == 0}
+        tr.message("assistant", f"experiment {n}: try alpha {recipe['alpha']}", action="try", recipe=recipe, seeds=[1, 2])
+        tr.tool_call("sandbox.run", {"argv": ["w2slab", "predict", f"recipe_{n}.py"], "sandboxed": True})
+        tr.tool_result("sandbox.run", {"returncode": 0, "stdout": "ok\n" * 40, "stderr": ""})
+        dev = {}
+        for seed in (1, 2):
+            tr.tool_call("grader.evaluate", {"testbed": "toy", "seed": seed, "predictions": rng.random(120).round(3).tolist()})
+            dev[str(seed)] = round(0.05 * n + 0.01 * seed, 2)
+            tr.tool_result("grader.evaluate", {"pgr": dev[str(seed)], "transfer_acc": 0.7})
+        tr.message("assistant", f"experiment {n} done: dev PGR {dev}; best so far alpha")
+    tr.event("stop", reason="budget")
+    status = {"run_id": "long-run", "sandboxed": True, "state": "done", "testbed": "toy", "backend": "offline",
+              "researchers": [{"name": "offline-9", "status": "done"}], "total": {}}
+    assert ResearchPusher(server.url, server.admin_token(), "long-run", interval=0, warn=print).push(
+        status, {"offline-9": path}, force=True)
+    return {"total": 8 * N_EXPERIMENTS + 1}
+
+
+def test_transcript_one_line_per_entry_with_filters(server: GraderServer, long_run: dict, page) -> None:
+    page.goto(f"{server.url}/research/long-run/offline-9")
+    entries = page.locator("ol.transcript > li")
+    assert entries.count() == 50 and f"showing 1-50 of {long_run['total']}" in page.locator(".pager").first.inner_text()
+    # one line each, collapsed: the page of 50 entries stays short
+    heights = page.evaluate("[...document.querySelectorAll('ol.transcript summary')].map(s => s.getBoundingClientRect().height)")
+    assert max(heights) < 30
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 5000, height
+    first = entries.nth(0)
+    assert "message (assistant)" in first.locator(".kind").inner_text() and "experiment 1: try alpha 0.1" in first.inner_text()
+    assert not first.locator("pre").is_visible()
+    first.locator("summary").click()  # expand: the whole entry
+    assert first.locator("pre").is_visible() and '"alpha": 0.1' in first.locator("pre").inner_text()
+    call = page.locator("li[data-kind=tool_call]", has_text="grader.evaluate").first
+    call.locator("summary").click()
+    assert "(120 numbers)" in call.locator("pre").inner_text()  # the predictions, abbreviated
+    page.click("text=expand all")
+    assert page.evaluate("[...document.querySelectorAll('ol.transcript details')].every(d => d.open)")
+    # filter by tool: only grader.evaluate calls and results, across pages
+    page.select_option("select[name=tool]", "grader.evaluate")
+    page.click("#transcript-filter button[type=submit]")
+    assert "tool=grader.evaluate" in page.url
+    labels = page.locator("ol.transcript .kind").all_inner_texts()
+    assert len(labels) == 50 and set(labels) == {"tool call (grader.evaluate)", "tool result (grader.evaluate)"}
+    assert f"{4 * N_EXPERIMENTS} of {long_run['total']} entries match" in page.inner_text("#matching")
+    assert "tool=grader.evaluate" in page.get_attribute(".pager a[rel=next]", "href")
+    page.select_option("select[name=kind]", "tool_result")
+    page.click("#transcript-filter button[type=submit]")
+    assert page.locator("ol.transcript > li").count() == 2 * N_EXPERIMENTS
+    # search: a substring of the entries, with the kind filter
+    page.goto(f"{server.url}/research/long-run/offline-9?q=experiment+7+done")
+    assert page.locator("ol.transcript > li").count() == 1 and "experiment 7 done" in page.inner_text("ol.transcript")
+    # pages keep the filters
+    page.goto(f"{server.url}/research/long-run/offline-9?kind=tool_call")
+    assert page.locator("ol.transcript > li").count() == 50
+    nxt = page.get_attribute(".pager a[rel=next]", "href")
+    assert "kind=tool_call" in nxt and "offset=50" in nxt
+    page.click(".pager a[rel=next]")
+    assert page.locator("ol.transcript > li").count() == 3 * N_EXPERIMENTS - 50
+    assert set(page.locator("ol.transcript > li").evaluate_all("ls => ls.map(l => l.dataset.kind)")) == {"tool_call"}
+
+
+def test_experiments_table_sorts_filters_and_links(server: GraderServer, long_run: dict, page) -> None:
+    page.goto(f"{server.url}/experiments")
+    rows = page.locator("#experiments tbody tr")
+    kinds = rows.evaluate_all("rs => rs.map(r => r.dataset.kind)")
+    assert kinds.count("experiment") == N_EXPERIMENTS and kinds.count("submission") >= 2
+    headers = page.locator("#experiments thead th").all_inner_texts()
+    assert {"alpha", "epochs", "soft_labels"} <= {h.strip(" ▲▼") for h in headers}  # the recipe, side by side
+    # sort by a parameter, both ways (server-side: works without JavaScript)
+    page.click("#experiments th[data-sort='p.alpha'] a")
+    alphas = [float(t) for t in page.locator("#experiments td[data-param=alpha]").all_inner_texts() if t.strip() not in ("–", "")]
+    assert alphas == sorted(alphas, reverse=True) and len(alphas) == N_EXPERIMENTS
+    page.click("#experiments th[data-sort='p.alpha'] a")
+    alphas = [float(t) for t in page.locator("#experiments td[data-param=alpha]").all_inner_texts() if t.strip() not in ("–", "")]
+    assert alphas == sorted(alphas)
+    page.click("#experiments th[data-sort='pgr'] a")
+    pgrs = [float(t) for t in page.locator("#experiments td.pgr").all_inner_texts() if t != "n/a"]
+    assert pgrs == sorted(pgrs, reverse=True)
+    # the 12th experiment: mean dev PGR of its two seeds (0.61, 0.62)
+    page.fill("input[name=q]", "alpha 1.2")
+    page.click("#experiment-filter button[type=submit]")
+    assert rows.count() == 1 and "0.6" in rows.first.locator("td.pgr").inner_text()  # mean of 0.61, 0.62
+    assert "sort=pgr" in page.url  # the filter keeps the sort
+    page.click("#experiments tbody tr >> text=recipe")  # its recipe in the transcript
+    assert "Transcript of offline-9" in page.inner_text("h1") and page.url.endswith("#e88")
+    assert page.locator("#e88 details").evaluate("d => d.open")
+    page.goto(f"{server.url}/experiments?kind=submission&researcher=erin")
+    assert rows.count() == 1
+    rows.first.locator("a", has_text="submission").click()
+    assert page.inner_text("h1").startswith("Submission #")
+    with researcher_view(page, server.url) as open_view:  # researcher view: submissions only
+        open_view.goto(f"{server.url}/experiments")
+        assert set(open_view.locator("#experiments tbody tr").evaluate_all("rs => rs.map(r => r.dataset.kind)")) == {"submission"}
+
+
+def test_forum_claims_are_checked_against_records(server: GraderServer, page) -> None:
+    with server.client(server.admin_token()) as admin:
+        sub = next(s for s in admin.get("/api/submissions", params={"researcher": "erin"}).json())
+    with server.add_researcher("hana") as hana:
+        r = hana.post("/api/evaluate", json={"testbed": "toy", "predictions": [0.9] * 60 + [0.1] * 60})
+        eval_id, shown = int(r.headers["X-Audit-Id"]), r.json()["pgr"]
+        good = hana.post("/api/posts", json={"kind": "result", "title": f"half and half: dev PGR {shown:.2f}",
+                                             "body": f"Measured in eval {eval_id}."}).json()["id"]
+        bad = hana.post("/api/posts", json={"kind": "result", "title": "a great method: PGR 0.987",
+                                            "body": f"As in submission #{sub['id']}, and eval {eval_id}."}).json()["id"]
+    page.goto(f"{server.url}/forum/{good}")
+    claims = page.locator("#claims li.claim")
+    assert claims.count() == 1 and claims.first.get_attribute("data-verified") == "yes"
+    assert f"eval {eval_id}" in claims.first.inner_text() and "claims verified" in page.inner_text("main")
+    claims.first.locator(f"a:has-text('eval {eval_id}')").click()  # operator: the record itself
+    assert page.locator(f"#evaluations tr#e{eval_id}").count() == 1
+    page.goto(f"{server.url}/forum/{bad}")
+    marks = {li.inner_text().split("\n")[0]: li.get_attribute("data-verified") for li in page.locator("#claims li.claim").all()}
+    assert any("PGR 0.987" in k and v == "no" for k, v in marks.items())
+    assert any(f"submission {sub['id']}" in k and v == "no" for k, v in marks.items())  # erin's, not hana's
+    badge = page.locator("p.muted .badge.unverified")
+    assert badge.inner_text() == "2 unverified" and "Verified: the grader returned" in badge.get_attribute("title")
+    page.goto(f"{server.url}/forum")  # the list marks the post too
+    assert page.locator("li.post", has_text="a great method").locator(".badge.unverified").inner_text() == "2 unverified"
+    assert page.locator("li.post", has_text="half and half").locator(".badge").count() == 0
+
+
+def test_pagination_of_snapshots_runs_and_flags(server: GraderServer, page) -> None:
+    from w2slab.researchers.launcher import ResearchPusher
+
+    with server.add_researcher("ivan") as ivan:
+        for i in range(101):
+            r = ivan.post("/api/snapshots", content=targz([(f"m{i}.py", f"# {i}".encode())]))
+            assert r.status_code in (200, 201), r.text
+    n_snaps = len(httpx_get(server, "/api/snapshots", limit=1000))
+    page.goto(f"{server.url}/snapshots")
+    assert page.locator("#snapshots tbody tr").count() == 100
+    assert f"showing 1-100 of {n_snaps}" in page.locator(".pager").first.inner_text()
+    page.locator(".pager a[rel=next]").first.click()
+    assert page.locator("#snapshots tbody tr").count() == n_snaps - 100 and "offset=100" in page.url
+    for i in range(21):
+        status = {"run_id": f"paging-{i:02d}", "sandboxed": True, "state": "done", "testbed": "toy", "researchers": [], "total": {}}
+        assert ResearchPusher(server.url, server.admin_token(), status["run_id"], interval=0, warn=print).push(status, {}, force=True)
+    page.goto(f"{server.url}/research")
+    assert page.locator("section.run").count() == 20
+    n_runs = int(page.locator(".pager").first.inner_text().split(" of ")[1].split()[0])
+    page.locator(".pager a[rel=next]").first.click()
+    assert page.locator("section.run").count() == n_runs - 20
+    page.goto(f"{server.url}/researchers")
+    assert "showing" in page.locator(".pager").first.inner_text() or "nothing to show" in page.locator(".pager").first.inner_text()
+
+
+def httpx_get(server: GraderServer, path: str, **params) -> list:
+    with server.client(server.admin_token()) as admin:
+        r = admin.get(path, params=params)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def test_report_page_is_the_operators(server: GraderServer, page, tmp_path: Path) -> None:
+    """/report serves the newest run's report.html (operator only, under a strict CSP); a run without one says so."""
+    from w2slab.researchers.launcher import ResearchPusher
+
+    (tmp_path / "report.html").write_text("<!doctype html><title>r</title><h1>Research report: toy</h1><p>sealed PGR 0.12</p>")
+    status = {"run_id": "reported-run", "sandboxed": True, "state": "done", "testbed": "toy", "researchers": [], "total": {},
+              "workdir": str(tmp_path), "summary": {"testbed": "toy"}}
+    assert ResearchPusher(server.url, server.admin_token(), "reported-run", interval=0, warn=print).push(status, {}, force=True)
+    resp = page.goto(f"{server.url}/report?run=reported-run")
+    assert page.inner_text("h1") == "Research report: toy" and "default-src 'none'" in resp.headers["content-security-policy"]
+    page.goto(f"{server.url}/research")
+    page.click("section.run[data-run='reported-run'] a.report-link")
+    assert page.inner_text("h1") == "Research report: toy"
+    page.goto(f"{server.url}/report?run=long-run")
+    assert "has no report" in page.inner_text("#no-report")
+    with researcher_view(page, server.url) as open_view:
+        open_view.goto(f"{server.url}/report")
+        assert "/login" in open_view.url

@@ -4,6 +4,7 @@ file, driven over HTTP with httpx."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 import tarfile
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_toy_testbed
+from conftest import make_toy_testbed, offline_page
 from test_grader_support import STRONG, WEAK, GraderServer, cli, odd_member, targz
 
 EVAL_PER_HOUR = 8
@@ -494,3 +495,22 @@ def test_schema_from_migration_matches_models(tmp_path: Path) -> None:
 def test_serve_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
     res = cli("serve", "-t", "/no/such/testbed", "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert res.returncode == 2 and "unknown testbed '/no/such/testbed'" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("page, title", [("/docs", "Swagger UI"), ("/redoc", "ReDoc")])
+def test_api_docs_load_offline_from_installed_assets(server: GraderServer, page: str, title: str) -> None:
+    """/docs and /redoc reference only the grader's own URLs (no CDN, no web fonts), every asset
+    they name is served, and in a browser that may reach nothing else the API's title renders."""
+    with server.client() as c:
+        r = c.get(page)
+        assert r.status_code == 200 and title in r.text
+        refs = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", r.text)
+        assert refs and not [u for u in refs if "://" in u or u.startswith("//")], refs
+        for ref in refs:
+            asset = c.get(ref)
+            assert asset.status_code == 200 and len(asset.content) > 100, (ref, asset.status_code)
+        assert c.get("/docs-assets/../app.py").status_code == 404
+    with offline_page(server.url) as pg:
+        pg.goto(server.url + page, timeout=90_000)  # 1-2 MB of JavaScript: slow on a busy machine
+        pg.wait_for_selector(".swagger-ui .info .title" if page == "/docs" else ".api-info h1", timeout=90_000)
+        assert "w2slab grader" in pg.content()

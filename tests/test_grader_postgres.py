@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_toy_testbed
-from test_grader_support import GraderServer, free_port, targz
+from test_grader_support import GraderServer, targz
+
+from w2slab.grader.process import free_port
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'psycopg[binary]')")
 

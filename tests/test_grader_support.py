@@ -6,24 +6,17 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import httpx
 
+from w2slab.grader.process import GraderProcess
+
 WEAK = "model=bow,head=linear,n_train=30,epochs=10"
 STRONG = "model=glove-50,head=mlp,epochs=10"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -36,6 +29,7 @@ class GraderServer:
 
     def __init__(self, testbed: Path, db: Path, *extra: str, workers: int = 1) -> None:
         self.testbed, self.db, self.extra, self.workers = testbed, db, extra, workers
+        self.grader: GraderProcess | None = None
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.log = db.with_suffix(".log")
@@ -49,39 +43,20 @@ class GraderServer:
         return f"sqlite:///{self.db}"
 
     def start(self, timeout: float = 180, workers: int | None = None, port: int | None = None) -> "GraderServer":
-        self.port = port or free_port()
-        cmd = [sys.executable, "-m", "w2slab.grader.cli", "serve", "-t", f"toy={self.testbed}", "--weak", WEAK,
-               "--strong", STRONG, "--baseline-workers", "1", "--port", str(self.port), "--db", self.db_url,
-               "--workers", str(workers or self.workers), *self.extra]
-        log = open(self.log, "a")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"grader exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"grader did not start in {timeout} s:\n{self.log.read_text()[-3000:]}")
+        self.grader = GraderProcess(f"toy={self.testbed}", self.db.parent, WEAK, STRONG, workers=workers or self.workers,
+                                    port=port, db_url=self.db_url, log=self.log, extra=self.extra)
+        self.proc, self.port = self.grader.proc, self.grader.port
+        self.grader.wait_ready(timeout)
+        return self
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no clean shutdown of anything."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        assert self.grader is not None
+        self.grader.kill()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.grader is not None:
+            self.grader.stop()
 
     def admin_token(self) -> str:
         return (Path(os.environ["W2SLAB_HOME"]) / "grader" / "admin_token").read_text().strip()

@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import make_toy_testbed
-from test_grader_support import STRONG, WEAK, GraderServer, free_port
+from test_grader_support import STRONG, WEAK, GraderServer
+
+from w2slab.grader.process import free_port
 
 ST = Path(sys.executable).parent / "st"  # the schemathesis command line, installed with the dev extra
 BIG = 2**63  # one past the database's largest integer

@@ -386,7 +386,7 @@ def test_researchers_see_fixed_flag_texts_never_what_the_code_printed(db, tmp_pa
     researchers' API view and the public audit-bot thread show the flag kind, severity and a fixed text."""
     from types import SimpleNamespace
 
-    from w2slab.grader.app import audit_summary
+    from w2slab.grader.queries import audit_summary
     from w2slab.grader.db import Snapshot, Submission, SubmissionCheck, write_session
     from w2slab.integrity.audit import PUBLIC_TEXT, Assessment, AuditSettings, Auditor, thread_body
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from test_grader_support import STRONG, WEAK, GraderServer
 
 from w2slab.researchers import pricing
 from w2slab.researchers.agent import Settings, run_llm_researcher
+from w2slab.researchers.contract import Budgets, LLMOptions, ResearcherConfig
 from w2slab.researchers.sandbox import find_bwrap
 from w2slab.researchers.tools import Toolbox, ToolContext, truncate
 
@@ -36,36 +36,6 @@ def sharp(ctx: MethodContext, temperature: float = 2.0) -> np.ndarray:
     ctx.notes["temperature"] = temperature
     return ctx.new_student().fit(ctx.train, p, seed=ctx.seed).predict_proba(ctx.test)
 '''
-
-
-@dataclass
-class Budgets:  # the launcher's ResearcherConfig nests its budgets like this
-    usd: float | None = None
-    tokens: int | None = None
-    wall_seconds: float | None = None
-    experiments: int | None = None
-    grader_queries: int | None = None
-
-
-@dataclass
-class Config:  # what w2slab.researchers.launcher.ResearcherConfig provides
-    name: str
-    token: str
-    grader_url: str
-    testbed: str
-    kit_dir: Path
-    workspace: Path
-    transcript: Path
-    backend: str
-    base_url: str
-    model: str = "fake-model"
-    direction: str = "Try temperature scaling of the weak labels."
-    api_key_env: str = "FAKE_LLM_KEY"
-    sandbox: bool = SANDBOX
-    budgets: Budgets = field(default_factory=Budgets)
-    retry_base_seconds: float = 0.05
-    compact_at_tokens: int | None = None
-    prices_file: str | None = None
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +72,19 @@ def new_researcher(srv: GraderServer, name: str) -> str:
         return r.json()["token"]
 
 
-def make_config(grader, kit: Path, tmp_path: Path, fake: FakeLLM, backend: str, name: str, **kw: Any) -> Config:
+def make_config(grader, kit: Path, tmp_path: Path, fake: FakeLLM, backend: str, name: str, model: str = "fake-model",
+                budgets: Budgets | None = None, **llm: Any) -> ResearcherConfig:
+    """A researcher config as the launcher writes it, pointed at the fake LLM (fast retries)."""
     srv, _ = grader
-    return Config(name=name, token=new_researcher(srv, name), grader_url=srv.url, testbed="toy", kit_dir=kit,
-                  workspace=tmp_path / name, transcript=tmp_path / f"{name}.jsonl", backend=backend,
-                  base_url=fake.url(backend), **kw)
+    return ResearcherConfig(name=name, token=new_researcher(srv, name), grader_url=srv.url, testbed="toy", kit_dir=kit,
+                            workspace=tmp_path / name, direction="Try temperature scaling of the weak labels.",
+                            budgets=budgets or Budgets(), backend=backend, model=model, base_url=fake.url(backend),
+                            api_key_env="FAKE_LLM_KEY", llm=LLMOptions(**{"retry_base_seconds": 0.05, **llm}),
+                            sandbox=SANDBOX, transcript=tmp_path / f"{name}.jsonl", usage_path=tmp_path / f"{name}.usage.json",
+                            stop_file=tmp_path / "STOP")
 
 
-def transcript(cfg: Config) -> list[dict[str, Any]]:
+def transcript(cfg: ResearcherConfig) -> list[dict[str, Any]]:
     return [json.loads(line) for line in cfg.transcript.read_text().splitlines()]
 
 
@@ -227,7 +202,8 @@ def copy_teacher(ctx: MethodContext) -> np.ndarray:
 def test_launcher_config_accounting_and_final_submission(grader, kit: Path, tmp_path: Path) -> None:
     """With the launcher's own ResearcherConfig: its sandbox spec, Usage file and stop rule; the
     experiment budget ends the session and the best evaluated method is submitted for it."""
-    launcher = pytest.importorskip("w2slab.researchers.launcher")
+    from w2slab.researchers.prepare import sandbox_masks
+
     srv, _ = grader
     seeds = json.loads((kit / "kit.json").read_text())["seeds"]
     script = [
@@ -238,12 +214,12 @@ def test_launcher_config_accounting_and_final_submission(grader, kit: Path, tmp_
         Turn(calls=[("finish", {"summary": "the teacher, copied"})], expect=["dev-half feedback"]),
     ]
     with FakeLLM(script) as fake:
-        cfg = launcher.ResearcherConfig(
+        cfg = ResearcherConfig(
             name="launched", token=new_researcher(srv, "launched"), grader_url=srv.url, testbed="toy", kit_dir=kit,
-            workspace=tmp_path / "ws", direction="Copy the teacher.", budgets=launcher.Budgets(experiments=1),
+            workspace=tmp_path / "ws", direction="Copy the teacher.", budgets=Budgets(experiments=1),
             backend="openai", model="fake-model", base_url=fake.url("openai"), api_key_env="FAKE_LLM_KEY",
             sandbox=SANDBOX, transcript=tmp_path / "t.jsonl", usage_path=tmp_path / "usage.json",
-            stop_file=tmp_path / "STOP", submit_seeds=seeds, masked=launcher.sandbox_masks(None))
+            stop_file=tmp_path / "STOP", submit_seeds=seeds, masked=sandbox_masks(None))
         out = run_llm_researcher(cfg)
         wrap = json.dumps(fake.requests[1]["body"]["messages"][-1])
     assert fake.errors == []
@@ -320,7 +296,7 @@ def test_experiment_and_query_budgets_refuse_and_wrap_up(grader, kit: Path, tmp_
     # a model that ignores the wrap-up gets wrapup_turns more calls, then it is stopped
     with FakeLLM([Turn(calls=[("notebook_read", {})]) for _ in range(10)]) as fake:
         cfg = make_config(grader, kit, tmp_path, fake, "anthropic", "stubborn", budgets=Budgets(experiments=0))
-        cfg.wrapup_turns = 2  # type: ignore[attr-defined]  (an optional knob, read with getattr)
+        cfg.llm.wrapup_turns = 2
         out = run_llm_researcher(cfg)
     assert out["stop_reason"] == "wrapped_up:experiment budget" and out["llm_calls"] == 2
 
@@ -335,7 +311,7 @@ def test_retries_survive_429_and_500(grader, kit: Path, tmp_path: Path, backend:
     with FakeLLM(script) as fake:
         fake.inject(429, 500, retry_after="1")
         cfg = make_config(grader, kit, tmp_path, fake, backend, f"retry-{backend}")
-        cfg.prompt_cache = True  # type: ignore[attr-defined]  (Anthropic: cache_control breakpoints)
+        cfg.llm.prompt_cache = True  # Anthropic: cache_control breakpoints
         out = run_llm_researcher(cfg)
         served, first_ok = fake.served_failures, fake.requests[0]["time"]
         body = fake.requests[-1]["body"]
@@ -355,8 +331,8 @@ def test_fatal_api_error_stops_with_a_summary(grader, kit: Path, tmp_path: Path)
     with FakeLLM([]) as fake:
         fake.inject(500, 500, 500)
         cfg = make_config(grader, kit, tmp_path, fake, "anthropic", "fatal")
-        cfg.retry_base_seconds = 0.01
-        cfg.max_retries = 2  # type: ignore[attr-defined]  (an optional knob, read with getattr)
+        cfg.llm.retry_base_seconds = 0.01
+        cfg.llm.max_retries = 2
         out = run_llm_researcher(cfg)
     assert out["stop_reason"] == "api_error" and "gave up after retries" in out["stop_detail"]
     assert out["retries"] == 2 and out["llm_calls"] == 0
@@ -454,16 +430,20 @@ def test_workspace_paths_truncation_and_settings(tmp_path: Path, monkeypatch: py
     assert len(r.content) < 13_000 and len(r.full or "") == 50_000
 
     monkeypatch.setenv("FAKE_LLM_KEY", "k")
-    cfg = Config(name="n", token="t", grader_url="http://127.0.0.1:1", testbed="toy", kit_dir=tmp_path,
-                 workspace=ws, transcript=tmp_path / "t.jsonl", backend="openai", base_url="http://localhost:8000",
-                 budgets=Budgets(usd=2.5, tokens=1000, wall_seconds=60, experiments=3, grader_queries=4))
+    cfg = ResearcherConfig(name="n", token="t", grader_url="http://127.0.0.1:1", testbed="toy", kit_dir=tmp_path,
+                           workspace=ws, transcript=tmp_path / "t.jsonl", backend="openai", base_url="http://localhost:8000",
+                           model="fake-model", api_key_env="FAKE_LLM_KEY")
     s = Settings.from_config(cfg)
-    assert (s.base_url, s.api_key, s.max_usd, s.max_total_tokens, s.max_wall_seconds, s.max_experiments,
-            s.max_queries) == ("http://localhost:8000/v1", "k", 2.5, 1000, 60, 3, 4)
-    assert s.context_window == 32_000 and not s.prompt_cache
+    assert (s.base_url, s.api_key, s.notebook) == ("http://localhost:8000/v1", "k", ws.absolute() / "NOTEBOOK.md")
+    assert s.context_window == 32_000 and not s.prompt_cache and s.compact_at == 16_000
+    # the whole config survives config.json: what the worker process reads back
+    cfg.llm.max_turns, cfg.budgets = 7, Budgets(usd=2.5, tokens=1000, wall_seconds=60, experiments=3, grader_queries=4)
+    back = ResearcherConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.experiment_wall_seconds == 600
     assert pricing.price_for("claude-sonnet-4-5-20250929")[0] == pricing.PRICES["claude-sonnet-4"]
     assert pricing.price_for("mystery", "http://127.0.0.1:8000/v1")[1] == "local"
     assert pricing.price_for("mystery", None)[1] == "unknown"
     monkeypatch.delenv("FAKE_LLM_KEY")
     with pytest.raises(ValueError, match=r"\$FAKE_LLM_KEY"):
-        Settings.from_config({"backend": "anthropic", "api_key_env": "FAKE_LLM_KEY", "workspace": str(ws)})
+        Settings.from_config(ResearcherConfig(name="n", token="t", grader_url="", testbed="toy", kit_dir=tmp_path,
+                                              workspace=ws, backend="anthropic", api_key_env="FAKE_LLM_KEY"))

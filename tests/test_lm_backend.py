@@ -14,7 +14,8 @@ import pytest
 import torch
 from tiny_lm import FILLER, keyword_split, make_tiny_lm
 
-from w2slab.models.base import BackendConfig, make_backend, soft_xent
+from w2slab.models.base import BackendConfig, soft_xent
+from w2slab.models.factory import make_backend
 from w2slab.models.lm import (
     LMBackend,
     label_token_id,

@@ -25,8 +25,9 @@ from w2slab.engine.pipeline import Experiment
 from w2slab.models.base import BackendConfig, soft_xent
 from w2slab.models.probe import ProbeBackend, batch_plan, train_head, train_head_torch
 from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
-from w2slab.researchers.launcher import Budgets, ResearcherConfig
+from w2slab.researchers.contract import Budgets, ResearcherConfig
 from w2slab.researchers.offline import OfflineResearcher, _lcb, _mean, _values
+from w2slab.researchers.runfolder import stop_leftovers
 from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_from_text, starter_recipes
 from w2slab.researchers.sandbox import find_bwrap
 
@@ -72,7 +73,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     killed = {}
     try:
         nb_path = workdir / "offline-1" / "workspace" / "notebook.json"
-        wait_for(lambda: len((read_json(nb_path) or {}).get("experiments", [])) >= 1, 150, "a first experiment", proc)
+        wait_for(lambda: len((read_json(nb_path) or {}).get("experiments", [])) >= 1, 240, "a first experiment", proc)
         usage = read_json(workdir / "offline-1" / "usage.json")
         killed = {"pid": usage["pid"], "experiments_before": len(read_json(nb_path)["experiments"])}
         os.kill(usage["pid"], signal.SIGKILL)
@@ -81,6 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+            stop_leftovers(workdir)  # the grader of a killed launcher runs in a session of its own
         log.close()
     output = (base / "launcher.log").read_text()
     assert proc.returncode == 0, output
@@ -95,7 +97,7 @@ def grader_db(run) -> object:
 
 def test_research_session_lands_in_the_grader(run) -> None:
     from w2slab.grader import forum
-    from w2slab.grader.app import audit_log, snapshots, submissions
+    from w2slab.grader.queries import audit_log, snapshots, submissions
 
     engine = grader_db(run)
     status = json.loads((run["workdir"] / "status.json").read_text())
@@ -302,6 +304,7 @@ def test_stop_file_makes_researchers_submit(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+            stop_leftovers(workdir)
     status = json.loads((workdir / "status.json").read_text())
     (r,) = status["researchers"]
     assert r["stop_reason"] == "stop requested" and r["final"]["submission_id"] and r["outcome"] == "done"

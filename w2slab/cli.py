@@ -16,6 +16,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from w2slab.cliutil import parse_seeds
+from w2slab.grader.cli import app as grader_app
+from w2slab.integrity.cli import app as integrity_app
+from w2slab.researchers.cli import app as research_app
+
+__all__ = ["app", "main", "parse_seeds"]
+
 app = typer.Typer(
     help="w2slab: automated weak-to-strong alignment research.", no_args_is_help=True, add_completion=False
 )
@@ -44,31 +51,6 @@ StrongOpt = Annotated[Optional[str], typer.Option("--strong", help="Strong-model
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="'local' (process pool) or 'ray' (Ray tasks; set W2SLAB_RAY_ADDRESS to join a cluster).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Parallel local workers (default: one per GPU, else one per core).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-
-
-def parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    backwards = None
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, "")
-                if int(lo) > int(hi):
-                    backwards = (part, int(lo), int(hi))
-                seeds += list(range(int(lo), int(hi) + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise ValueError(f"bad seed list '{text}': use integers like '1,2,3' or a range like '1-5'") from None
-    if backwards:
-        part, lo, hi = backwards
-        raise ValueError(f"seed range '{part}' is reversed: did you mean '{hi}-{lo}'?")
-    if not seeds:
-        raise ValueError("no seeds given")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seed list '{text}' repeats a seed")
-    return seeds
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -350,22 +332,14 @@ def demo(
 ) -> None:
     """The main job on the embedded default: a grader plus offline researchers on a built-in
     testbed, offline on CPU; ends with best PGR vs naive, experiments, findings, dashboard address."""
-    from w2slab.researchers.launcher import run_demo
+    from w2slab.researchers.demo import run_demo  # heavy (the launcher and its report): only for the demo
 
     run_demo(testbed, researchers, minutes, workdir, unsafe_no_sandbox, serve_after)
 
 
-def _mount_subcommands() -> None:
-    from w2slab.grader.cli import app as grader_app
-    from w2slab.integrity.cli import app as integrity_app
-    from w2slab.researchers.cli import app as research_app
-
-    app.add_typer(grader_app)
-    app.add_typer(research_app)
-    app.add_typer(integrity_app)
-
-
-_mount_subcommands()
+app.add_typer(grader_app)
+app.add_typer(research_app)
+app.add_typer(integrity_app)
 
 
 def main() -> None:  # pragma: no cover

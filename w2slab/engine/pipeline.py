@@ -22,7 +22,8 @@ import numpy as np
 from w2slab.engine import cache
 from w2slab.engine.stats import accuracy
 from w2slab.methods import MethodContext, MethodError, bind_params, get_method
-from w2slab.models.base import BackendConfig, make_backend
+from w2slab.models.base import BackendConfig
+from w2slab.models.factory import make_backend
 from w2slab.testbeds import get_testbed, load_testbed, testbed_fingerprint
 
 

@@ -107,9 +107,10 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
-    from w2slab.cli import parse_seeds
+    from w2slab.cliutil import parse_seeds
     from w2slab.grader.app import SETTINGS_ENV, Settings, create_app, prepare
     from w2slab.grader.auth import admin_token_file
+    from w2slab.grader.workers import balanced_available, run_workers
     from w2slab.testbeds.format import TestbedError
 
     try:
@@ -152,7 +153,11 @@ def serve(
     state.engine.dispose()
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     os.environ[PARENT_ENV] = str(os.getpid())
-    uvicorn.run("w2slab.grader.cli:worker_app", factory=True, workers=workers, **opts)  # type: ignore[arg-type]
+    if not balanced_available():  # no SO_REUSEPORT: uvicorn's workers on one shared socket
+        uvicorn.run("w2slab.grader.cli:worker_app", factory=True, workers=workers, **opts)  # type: ignore[arg-type]
+        return
+    del opts["host"], opts["port"]  # the sockets are bound here, one per worker
+    raise typer.Exit(run_workers("w2slab.grader.cli:worker_app", host, port, workers, opts))
 
 
 def _check_port(host: str, port: int) -> None:
@@ -237,7 +242,7 @@ def audit(
 ) -> None:
     """The audit log: every evaluation and submission (who, when, sha256 of predictions, score),
     then the research-integrity flags (submission audits, refused requests, probe detection)."""
-    from w2slab.grader.app import audit_log
+    from w2slab.grader.queries import audit_log
     from w2slab.integrity.probes import all_flags
 
     engine = _engine(db)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -271,6 +272,15 @@ def read_session(engine: Engine) -> Session:
 
 
 _WRITE_LOCK = threading.Lock()
+_LOCK_FILES: dict[str, Any] = {}  # database -> its open write-lock file
+
+
+def _same_file(handle: Any, path: str) -> bool:
+    try:
+        a, b = os.fstat(handle.fileno()), os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 @contextlib.contextmanager
@@ -282,12 +292,17 @@ def _file_lock(engine: Engine) -> Iterator[None]:
     if fcntl is None or not database or database == ":memory:":
         yield
         return
-    with open(f"{database}-writelock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    path = f"{database}-writelock"
+    handle = _LOCK_FILES.get(path)  # opened once per process (callers hold _WRITE_LOCK)
+    if handle is None or not _same_file(handle, path):  # new, or the file was replaced (a new database)
+        if handle is not None:
+            handle.close()
+        handle = _LOCK_FILES[path] = open(path, "a+b")  # noqa: SIM115 - kept open for the process's life
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,13 @@
-"""Typed request inputs shared by the grader's routes: ids and offsets bounded to the database's
-integer range (a signed 64-bit INTEGER in SQLite and PostgreSQL's BIGINT), and the one error
-shape every route declares.
+"""Typed dependencies and inputs shared by the grader's routes (``w2slab.grader.routes``):
+
+- ``State``, ``Db``: the process's :class:`GraderState` and its database engine;
+- ``CurrentPrincipal``, ``CurrentResearcher``, ``CurrentAdmin``: who is asking (403 for the wrong role);
+- ``Budgets``: the asking researcher's evaluation and submission budgets;
+- ids and offsets bounded to the database's integer range (a signed 64-bit INTEGER in SQLite and
+  PostgreSQL's BIGINT), and the one error shape every route declares.
+
+The dependency functions are ``async`` (they never block), so FastAPI calls them on the event
+loop instead of a worker thread.
 
 Every error the grader sends is ``{"detail": "<one line>"}``, request validation (422) included;
 :data:`ERRORS` declares that body for the status codes the API uses, so the published schema
@@ -11,8 +18,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Path, Query
+from fastapi import Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
+from sqlalchemy import Engine
+
+from w2slab.grader.auth import Principal
+from w2slab.grader.budget import Budget
+from w2slab.grader.state import GraderState
 
 DB_INT_MAX = 2**63 - 1  # the largest value an INTEGER column holds (SQLite, PostgreSQL BIGINT)
 
@@ -48,3 +60,56 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut, "descriptio
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 Sha256 = Annotated[str, Path(pattern=SHA256_PATTERN, description="a snapshot's sha256 (64 lowercase hex characters)")]
 """A snapshot named in a route path."""
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+async def get_state(request: Request) -> GraderState:
+    return request.app.state.grader
+
+
+State = Annotated[GraderState, Depends(get_state)]
+"""The grader's state in this process."""
+
+
+async def get_engine(state: State) -> Engine:
+    return state.engine
+
+
+Db = Annotated[Engine, Depends(get_engine)]
+"""The grader's database engine."""
+
+
+async def get_principal(request: Request) -> Principal:
+    return request.state.principal  # set by AuthMiddleware for every /api/ request
+
+
+async def get_researcher(request: Request) -> Principal:
+    p: Principal = request.state.principal
+    if p.admin:
+        raise HTTPException(403, "this action needs a researcher token, not the admin token")
+    return p
+
+
+async def get_admin(request: Request) -> Principal:
+    p: Principal = request.state.principal
+    if not p.admin:
+        raise HTTPException(403, "this action needs the admin token")
+    return p
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+"""Whoever sent the bearer token: a researcher or the admin."""
+CurrentResearcher = Annotated[Principal, Depends(get_researcher)]
+"""A researcher (403 for the admin token)."""
+CurrentAdmin = Annotated[Principal, Depends(get_admin)]
+"""The admin (403 for a researcher token)."""
+
+
+async def get_budget(state: State, who: CurrentResearcher) -> Budget:
+    return Budget(state, who)
+
+
+Budgets = Annotated[Budget, Depends(get_budget)]
+"""The asking researcher's budgets: ``.check(kind)`` and ``.charge(kind, ...)``."""

@@ -46,7 +46,6 @@ what it outputs on the audit kits, so exact scores there would be a channel to t
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import io
@@ -81,6 +80,7 @@ from w2slab.grader.db import (
     read_session,
     write_session,
 )
+from w2slab.grader.predictions import unpack_predictions
 from w2slab.integrity.feedback import noisy_accuracy
 from w2slab.integrity.probes import upsert_flag
 
@@ -523,14 +523,6 @@ def assess(sc: Any, submitted: dict[int, np.ndarray], jobs: dict[str, Any], othe
 
 
 # ---------------------------------------------------------------- the auditor
-
-
-def pack_predictions(preds: dict[int, np.ndarray]) -> bytes:
-    return gzip.compress(json.dumps({str(s): [round(float(x), 5) for x in v] for s, v in preds.items()}).encode())
-
-
-def unpack_predictions(data: bytes) -> dict[int, np.ndarray]:
-    return {int(s): _arr(v) for s, v in json.loads(gzip.decompress(data)).items()}
 
 
 def system_account(engine: Any) -> int:

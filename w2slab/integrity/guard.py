@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlmodel import Session
 
 from w2slab.engine.stats import pgr
@@ -22,6 +22,12 @@ from w2slab.integrity.feedback import default_radius, noisy_accuracy
 from w2slab.integrity.fingerprint import hamming, pack, unpack
 
 FINGERPRINTS = Fingerprint.__table__  # type: ignore[attr-defined]  # Core statements: no ORM objects on the hot path
+# built once: the hot path binds parameters only
+_NEW_FINGERPRINTS = (select(FINGERPRINTS.c.id, FINGERPRINTS.c.n_rows, FINGERPRINTS.c.bits, FINGERPRINTS.c.researcher_id,
+                            FINGERPRINTS.c.anchor_id, FINGERPRINTS.c.answer, FINGERPRINTS.c.ladder_key)
+                     .where(FINGERPRINTS.c.testbed == bindparam("testbed"), FINGERPRINTS.c.kind == bindparam("kind"),
+                            FINGERPRINTS.c.id > bindparam("last")).order_by(FINGERPRINTS.c.id))
+_INSERT_FINGERPRINT = insert(FINGERPRINTS)
 MAX_FLIPPED = 8  # rows listed as evidence when a vector is this close to the researcher's previous one
 
 
@@ -50,10 +56,7 @@ class History:
         return np.packbits(np.concatenate([full[i * n:(i + 1) * n][self.rows] for i in range(self.n_seeds)]))
 
     def sync(self, s: Session) -> None:
-        t = FINGERPRINTS
-        new = s.connection().execute(
-            select(t.c.id, t.c.n_rows, t.c.bits, t.c.researcher_id, t.c.anchor_id, t.c.answer, t.c.ladder_key)
-            .where(t.c.testbed == self.testbed, t.c.kind == self.kind, t.c.id > self.last_id).order_by(t.c.id)).all()
+        new = s.connection().execute(_NEW_FINGERPRINTS, {"testbed": self.testbed, "kind": self.kind, "last": self.last_id}).all()
         for fp in new:
             self.last_id = max(self.last_id, fp.id)
             if fp.n_rows != self.n_test or len(fp.bits) != -(-fp.n_rows * self.n_seeds // 8):
@@ -239,7 +242,7 @@ class FeedbackGuard:
     def record(s: Session, fingerprint: dict[str, Any], audit_id: int | None) -> int:
         """Insert a fingerprint row (from :meth:`evaluate` or :meth:`submit_fingerprint`); its id."""
         row = {**fingerprint, "audit_id": audit_id, "created_at": now()}
-        return s.connection().execute(insert(FINGERPRINTS).values(row)).inserted_primary_key[0]
+        return s.connection().execute(_INSERT_FINGERPRINT, row).inserted_primary_key[0]
 
     # ------------------------------------------------------------ submissions
 

@@ -39,19 +39,19 @@ import json
 import math
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
+
+from w2slab.grader.process import GraderProcess
+from w2slab.integrity import redteam_audit
+from w2slab.integrity.attacks import HONEST, AttackResult, binom_p
 
 WEAK = "model=glove-50,head=linear,n_train=30,epochs=30,lr=0.01"
 STRONG = "model=glove-50,head=mlp,epochs=10"
@@ -97,16 +97,6 @@ def true_labels(folder: Path) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- attack code (what the attackers upload)
-
-HONEST = '''
-from w2slab.methods import method
-
-
-@method("honest-naive")
-def honest(ctx):
-    """Train the student on the weak teacher's hard labels."""
-    return ctx.new_student().fit(ctx.train, ctx.weak_hard, seed=ctx.seed).predict_proba(ctx.test)
-'''
 
 EDITED = '''
 from w2slab.methods import method
@@ -251,45 +241,6 @@ def _link(name: str, kind: bytes, target: str) -> Any:
     return tweak
 
 
-# ---------------------------------------------------------------- statistics
-
-
-def binom_p(correct: int, n: int, chance: float = 0.5) -> float:
-    """One-sided P(X >= correct) for X ~ Binomial(n, chance)."""
-    if n <= 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(correct, n, chance, alternative="greater").pvalue)
-
-
-@dataclass
-class AttackResult:
-    name: str
-    researchers: list[str]
-    description: str
-    queries: int = 0
-    guessed: int = 0  # rows the attacker guessed a label for
-    correct: int = 0
-    p_value: float = 1.0
-    caught: bool = False
-    caught_by: list[str] = field(default_factory=list)  # flags or refusals
-    expect_caught: bool = True
-    notes: str = ""
-
-    @property
-    def recovered(self) -> int:
-        """Labels recovered beyond chance: correct guesses above the expected half."""
-        return max(0, round(self.correct - self.guessed / 2))
-
-    @property
-    def ok(self) -> bool:
-        return self.p_value >= 0.01 and self.caught == self.expect_caught
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(asdict(self), recovered=self.recovered, ok=self.ok)
-
-
 # ---------------------------------------------------------------- the harness
 
 
@@ -304,12 +255,6 @@ def _home(home: Path) -> Iterator[None]:
             os.environ.pop("W2SLAB_HOME", None)
         else:
             os.environ["W2SLAB_HOME"] = old
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Client:
@@ -361,7 +306,7 @@ class RedTeam:
         self.board_ladder, self.submit_probes, self.dup_rows, self.audits = board_ladder, submit_probes, dup_rows, audits
         self.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self.rng = np.random.default_rng(self.seed)
-        self.proc: subprocess.Popen | None = None
+        self.grader: GraderProcess | None = None
         self.port = 0
         self.clients: dict[str, Client] = {}
         self.results: list[AttackResult] = []
@@ -375,48 +320,30 @@ class RedTeam:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 300) -> RedTeam:
-        import httpx
-
         secret = random.Random(self.seed)
         self.toy = make_testbed(self.workdir / "data" / "toy", "pairwise", (60, 240, self.test_rows), secret.randrange(2**31))
         self.toy2 = make_testbed(self.workdir / "data" / "toy2", "correctness", (60, 240, 200), secret.randrange(2**31))
         self.truth = true_labels(self.toy)
         self._write_server_secret()
-        self.port = _free_port()
-        cmd = [sys.executable, "-m", "w2slab.grader.cli", "serve", "-t", f"toy={self.toy}", "-t", f"toy2={self.toy2}",
-               "--weak", WEAK, "--strong", STRONG, "--baseline-workers", "1", "--port", str(self.port),
-               "--db", f"sqlite:///{self.workdir / 'grader.db'}", "--eval-per-hour", str(self.eval_budget + 50),
-               "--eval-total", str(self.eval_budget + 50), "--submit-per-hour", "200", "--submit-total", "200",
-               "--audit-workers", str(self.audit_workers), "--dev-ladder-seeds", str(self.LADDER_SEEDS)]
+        extra = ["--eval-per-hour", str(self.eval_budget + 50), "--eval-total", str(self.eval_budget + 50),
+                 "--submit-per-hour", "200", "--submit-total", "200", "--audit-workers", str(self.audit_workers),
+                 "--dev-ladder-seeds", str(self.LADDER_SEEDS)]
         if self.unhardened:
-            cmd += ["--dev-noise", "0", "--dev-reuse-radius", "0", "--dev-ladder", "0", "--submit-dup-radius", "0", "--no-audits",
-                    "--board-ladder", "0"]
+            extra += ["--dev-noise", "0", "--dev-reuse-radius", "0", "--dev-ladder", "0", "--submit-dup-radius", "0", "--no-audits",
+                      "--board-ladder", "0"]
         elif not self.ladder:
-            cmd += ["--dev-ladder", "0"]
+            extra += ["--dev-ladder", "0"]
         if not self.board_ladder and not self.unhardened:
-            cmd += ["--board-ladder", "0"]
+            extra += ["--board-ladder", "0"]
         if not self.audits and not self.unhardened:
-            cmd += ["--no-audits"]
+            extra += ["--no-audits"]
         if self.dup_rows != "all":
-            cmd += ["--dup-rows", self.dup_rows]
+            extra += ["--dup-rows", self.dup_rows]
         env = dict(os.environ, W2SLAB_HOME=str(self.home), OMP_NUM_THREADS="1")
         env.pop("W2SLAB_ADMIN_TOKEN", None)
-        self.log = self.workdir / "grader.log"
-        with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"grader exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            self.stop()
-            raise RuntimeError(f"grader did not start in {timeout} s:\n{self.log.read_text()[-3000:]}")
+        self.grader = GraderProcess([f"toy={self.toy}", f"toy2={self.toy2}"], self.workdir, WEAK, STRONG, env=env, extra=extra)
+        self.port, self.log = self.grader.port, self.grader.log
+        self.grader.wait_ready(timeout, interval=0.2)
         self.admin_token = (self.home / "grader" / "admin_token").read_text().strip()
         self.admin = Client(self.url, self.admin_token, "admin")
         self.seeds = self.admin.http.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
@@ -443,13 +370,8 @@ class RedTeam:
             c.close()
         if getattr(self, "admin", None):
             self.admin.close()
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        if self.grader is not None:
+            self.grader.stop(20)
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -840,7 +762,6 @@ class RedTeam:
         attacks = [self.attack_single_flip, self.attack_coordinated, self.attack_regression, self.attack_majority, self.attack_lexicon, self.attack_fake,
                    self.attack_label_files, self.attack_traversal, self.attack_cherry_pick, self.attack_final_probe,
                    self.attack_submission_regression, self.attack_refusal_oracle, self.control]
-        from w2slab.integrity import redteam_audit  # lazy: it imports this module
         attacks += [] if self.unhardened or not self.audits else redteam_audit.register(self)
         for attack in attacks:
             t = time.monotonic()

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from w2slab.integrity.audit import WEAKEN_ENV
-from w2slab.integrity.redteam import HONEST, AttackResult, binom_p
+from w2slab.integrity.attacks import HONEST, AttackResult, binom_p
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SLEEP_SECONDS = 45.0  # how long each starvation submission sleeps in its audit

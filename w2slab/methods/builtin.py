@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from w2slab.methods import MethodContext, method
+from w2slab.methods.core import MethodContext, method
 from w2slab.models.base import LossFn
 
 

@@ -155,17 +155,6 @@ def as_soft_targets(targets: np.ndarray) -> np.ndarray:
     return t.astype(np.float32)
 
 
-def make_backend(config: BackendConfig | str) -> Backend:
-    config = BackendConfig.parse(config)
-    if config.kind == "probe":
-        from w2slab.models.probe import ProbeBackend
-
-        return ProbeBackend(config)
-    from w2slab.models.lm import LMBackend
-
-    return LMBackend(config)
-
-
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device

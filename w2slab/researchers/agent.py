@@ -3,18 +3,16 @@
 ``run_llm_researcher(config)`` runs one researcher until it calls ``finish``, stops calling
 tools, or a budget ends it, and returns a summary dict (``int()`` of which is the exit code
 the launcher expects: 0 done, 1 crashed / API failure -> restart). ``config`` is the
-launcher's ``ResearcherConfig`` (or any object / dict with the same names): ``name``,
-``token``, ``grader_url``, ``testbed``, ``kit_dir``, ``workspace``, ``direction``, ``budgets``
-(usd, tokens, wall_seconds, experiments, grader_queries), ``backend`` (``anthropic`` |
-``openai``), ``model``, ``base_url``, ``api_key_env``, ``sandbox``, ``transcript`` and, when
-the launcher gives them, ``usage_path`` (its persisted ``Usage``: budgets then count over
-restarts), ``stop_reason()`` (stop file, deadline, budgets), ``sandbox_spec()`` / ``run()``,
-``submit_seeds``, ``masked``, ``deadline``, ``experiment_wall_seconds``. Optional knobs
-(attributes or env): ``max_output_tokens`` (per call, 8192), ``context_window``,
-``compact_at_tokens`` / ``$W2SLAB_COMPACT_AT`` (when to summarise), ``prices_file`` /
-``$W2SLAB_PRICES`` (see :mod:`w2slab.researchers.pricing`), ``max_turns``, ``max_retries``,
-``retry_base_seconds``, ``reserve_seconds``, ``wrapup_turns``, ``auto_submit``,
-``shell_timeout``, ``gpus``, ``memory_bytes``, ``notebook``.
+researcher's :class:`~w2slab.researchers.contract.ResearcherConfig`, read as it is: its
+identity and grader, kit, workspace, direction, ``budgets`` (usd, tokens, wall_seconds,
+experiments, grader_queries; counted over restarts and resumes through its ``Usage`` file),
+``stop_reason()`` (stop file, deadline, budgets), sandbox (``sandbox_spec()`` / ``run()``, its
+GPUs), ``backend`` (``anthropic`` | ``openai``), ``model``, ``base_url``, ``api_key_env`` and the
+loop's knobs in ``config.llm`` (:class:`~w2slab.researchers.contract.LLMOptions`: output tokens
+per call, context window, when to summarise (or ``$W2SLAB_COMPACT_AT``), the price table (or
+``$W2SLAB_PRICES``, see :mod:`w2slab.researchers.pricing`), turns, retries, wrap-up turns,
+reserve seconds, auto-submission, shell timeout). :class:`Settings` holds only what is derived
+from it: the API key, base URL, window, summarisation threshold and prices.
 
 Running with real keys
 ----------------------
@@ -52,7 +50,7 @@ Messages are kept in a neutral form (``user`` text, ``assistant`` text + tool ca
 with the SDK's own retries off: :meth:`Agent._call` retries 429 / 408 / 409 / 5xx / 529
 and connection errors with exponential backoff and jitter, honouring ``retry-after(-ms)``.
 Token use comes from the API's usage fields (estimated from characters only when a server
-omits them); dollars from the price table; both go to the launcher's ``Usage`` after every
+omits them); dollars from the price table; both go to the researcher's ``Usage`` after every
 call. Hard stops (usd, tokens, wall seconds / deadline, max_turns) are checked before each
 call, whose ``max_tokens`` is lowered so that it cannot cross the token or dollar cap. Soft
 stops (experiment or grader-query budget used up, the stop file, the deadline minus
@@ -62,8 +60,8 @@ any submission, the best method evaluated on the dev half (else the latest exper
 submitted for it. When the running context passes the threshold, everything but the latest
 exchange is summarised by the model in one call, the summary appended to the notebook and
 those turns replaced by it (the transcript keeps them all). Every message, tool call, tool
-result, retry, summary and stop goes to the transcript JSONL (the launcher's format) as it
-happens.
+result, retry, summary and stop goes to the researcher's
+:class:`~w2slab.researchers.contract.Transcript` as it happens.
 """
 
 from __future__ import annotations
@@ -79,7 +77,9 @@ from pathlib import Path
 from typing import Any
 
 from w2slab.researchers import pricing
-from w2slab.researchers.tools import PROJECT_ROOT, Toolbox, ToolContext, truncate
+from w2slab.researchers.client import GraderClient
+from w2slab.researchers.contract import Budgets, ResearcherConfig, Transcript, Usage
+from w2slab.researchers.tools import NOTEBOOK, PROJECT_ROOT, Toolbox, ToolContext, truncate
 
 DEFAULT_MAX_TOKENS = 8192
 DEFAULT_WINDOW = {"anthropic": 200_000, "openai": 128_000, "local": 32_000}
@@ -90,133 +90,49 @@ CONTEXT_ERRORS = ("prompt is too long", "context length", "context_length", "max
 # --------------------------------------------------------------------------- config
 
 
-def _get(config: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        v = config.get(n) if isinstance(config, dict) else getattr(config, n, None)
-        if v is not None:
-            return v
-    return default
-
-
-def _budget(config: Any, *keys: str) -> float | None:
-    """A budget from ``config.budgets.<key>`` (object or dict) or flat ``budget_<key>`` / ``max_<key>``..."""
-    budgets = _get(config, "budgets", "budget")
-    for key in keys:
-        if budgets is not None and not isinstance(budgets, (int, float)):
-            v = _get(budgets, key)
-            if v is not None:
-                return float(v)
-        names = [n for n in (f"budget_{key}", f"max_{key}", f"{key}_budget") if n != "max_tokens"]  # per call
-        v = _get(config, *names)
-        if v is not None:
-            return float(v)
-    return None
-
-
 @dataclass
 class Settings:
-    name: str
+    """What the agent derives from its :class:`ResearcherConfig` (read directly for everything
+    else): the API to call (key from the environment variable the config names, base URL), the
+    context window and the summarisation threshold, prompt caching and the price table."""
+
     backend: str
     model: str
-    workspace: Path
-    testbed: str
-    kit_dir: Path | None
-    grader_url: str | None
-    token: str | None
-    direction: str
     base_url: str | None
     api_key: str
-    transcript: Path
+    context_window: int
+    compact_at: int
+    prompt_cache: bool
+    request_timeout: float
     notebook: Path
-    sandbox: bool = True
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    context_window: int = 128_000
-    compact_at: int = 80_000
-    keep_recent: int = 2  # messages kept verbatim at a summarisation (the latest exchange)
-    max_usd: float | None = None
-    max_total_tokens: float | None = None
-    max_wall_seconds: float | None = None
-    max_experiments: int | None = None
-    max_queries: int | None = None
-    max_turns: int = 500
-    max_retries: int = 6
-    retry_base: float = 1.0
-    retry_cap: float = 60.0
-    request_timeout: float = 600.0
-    shell_timeout: float = 600.0
-    experiment_timeout: float = 3600.0
-    memory_bytes: int | None = None
-    gpus: list[int] = field(default_factory=list)
-    nudges: int = 1
-    wrapup_turns: int = 4  # calls allowed after a soft stop (experiment/query budget, stop file, deadline near)
-    reserve_seconds: float = 120.0  # wall-clock kept back for wrapping up and the final submission
-    auto_submit: bool = True  # at the end, submit the best evaluated method if nothing was submitted
-    deadline: float | None = None  # epoch seconds: hard end
-    seeds: list[int] = field(default_factory=list)  # run_experiment's seeds (default: the kit's)
-    masked: list[str] = field(default_factory=list)
-    prompt_cache: bool = True
     prices: dict[str, pricing.Price] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: Any) -> Settings:
-        backend = str(_get(config, "backend", default="anthropic")).lower()
+    def from_config(cls, config: ResearcherConfig) -> Settings:
+        backend, k = config.backend.lower(), config.llm
         if backend not in ("anthropic", "openai"):
             raise ValueError(f"unknown LLM backend '{backend}' (anthropic or openai)")
         env_base = "ANTHROPIC_BASE_URL" if backend == "anthropic" else "OPENAI_BASE_URL"
-        base_url = _get(config, "base_url") or os.environ.get(env_base) or None
+        base_url = config.base_url or os.environ.get(env_base) or None
         if base_url:
             base_url = _normalise_base_url(backend, base_url)
-        key_env = _get(config, "api_key_env") or ("ANTHROPIC_API_KEY" if backend == "anthropic" else "OPENAI_API_KEY")
-        api_key = _get(config, "api_key") or os.environ.get(key_env)
+        key_env = config.api_key_env or ("ANTHROPIC_API_KEY" if backend == "anthropic" else "OPENAI_API_KEY")
+        api_key = os.environ.get(key_env)
         if not api_key:
             if base_url:  # a local server: vLLM/ollama/llama.cpp accept anything
                 api_key = "not-needed"
             else:
                 raise ValueError(f"no API key: set ${key_env} (or api_key_env in the researcher config), "
                                  "or give a base_url for a local server")
-        model = _get(config, "model") or ("claude-sonnet-4-5" if backend == "anthropic" else "gpt-4.1")
+        model = config.model or ("claude-sonnet-4-5" if backend == "anthropic" else "gpt-4.1")
         local = pricing.is_local(base_url)
-        window = int(_get(config, "context_window", default=0) or pricing.context_window(
-            model, DEFAULT_WINDOW["local" if local else backend]))
-        compact = _get(config, "compact_at_tokens", "compact_at") or os.environ.get("W2SLAB_COMPACT_AT")
+        window = int(k.context_window or pricing.context_window(model, DEFAULT_WINDOW["local" if local else backend]))
+        compact = k.compact_at_tokens or os.environ.get("W2SLAB_COMPACT_AT")
         compact_at = int(float(compact)) if compact else int(min(0.5 * window, 80_000))
-        workspace = Path(_get(config, "workspace", default="workspace")).absolute()
-        name = str(_get(config, "name", default="researcher"))
-        sandbox = _get(config, "sandbox")
-        if sandbox is None:
-            sandbox = not bool(_get(config, "unsafe_no_sandbox", "no_sandbox", default=False))
-        kit = _get(config, "kit_dir", "kit")
-        experiments, queries = _budget(config, "experiments"), _budget(config, "grader_queries", "queries")
-        return cls(
-            name=name, backend=backend, model=str(model), workspace=workspace,
-            testbed=str(_get(config, "testbed", default="")), kit_dir=Path(kit).absolute() if kit else None,
-            grader_url=_get(config, "grader_url", "url"), token=_get(config, "token"),
-            direction=str(_get(config, "direction", default="") or ""), base_url=base_url, api_key=str(api_key),
-            transcript=Path(_get(config, "transcript", "transcript_path", default=workspace / "transcript.jsonl")),
-            notebook=Path(_get(config, "notebook", default=workspace / "NOTEBOOK.md")), sandbox=bool(sandbox),
-            max_tokens=int(_get(config, "max_output_tokens", "max_tokens", default=DEFAULT_MAX_TOKENS)),
-            context_window=window, compact_at=compact_at,
-            max_usd=_budget(config, "usd", "dollars"),
-            max_total_tokens=_budget(config, "tokens", "total_tokens"),
-            max_wall_seconds=_budget(config, "wall_seconds", "seconds", "wall", "wall_s"),
-            max_experiments=int(experiments) if experiments is not None else None,
-            max_queries=int(queries) if queries is not None else None,
-            max_turns=int(_get(config, "max_turns", default=500)),
-            max_retries=int(_get(config, "max_retries", default=6)),
-            retry_base=float(_get(config, "retry_base_seconds", default=1.0)),
-            request_timeout=float(_get(config, "request_timeout", default=600.0)),
-            shell_timeout=float(_get(config, "shell_timeout", default=600.0)),
-            experiment_timeout=float(_get(config, "experiment_timeout", "experiment_wall_seconds", default=3600.0)),
-            memory_bytes=_get(config, "memory_bytes"), gpus=list(_get(config, "gpus", default=[]) or []),
-            nudges=int(_get(config, "nudges", default=1)),
-            wrapup_turns=int(_get(config, "wrapup_turns", default=4)),
-            reserve_seconds=float(_get(config, "reserve_seconds", default=120.0)),
-            auto_submit=bool(_get(config, "auto_submit", default=True)),
-            deadline=_get(config, "deadline"), seeds=[int(x) for x in _get(config, "submit_seeds", default=[]) or []],
-            masked=[str(m) for m in _get(config, "masked", default=[]) or []],
-            prompt_cache=bool(_get(config, "prompt_cache", default=base_url is None)),
-            prices=pricing.load_prices(_get(config, "prices_file")),
-        )
+        return cls(backend=backend, model=str(model), base_url=base_url, api_key=str(api_key), context_window=window,
+                   compact_at=compact_at, prompt_cache=k.prompt_cache if k.prompt_cache is not None else base_url is None,
+                   request_timeout=float(k.request_timeout), notebook=Path(config.workspace).absolute() / NOTEBOOK,
+                   prices=pricing.load_prices(k.prices_file))
 
 
 def _normalise_base_url(backend: str, url: str) -> str:
@@ -244,7 +160,9 @@ class ToolCall:
 
 
 @dataclass
-class Usage:
+class TokenCount:
+    """Tokens of one API call, or summed over calls (the accounting record is ``contract.Usage``)."""
+
     input: int = 0
     output: int = 0
     cache_read: int = 0
@@ -264,7 +182,7 @@ class Usage:
 class Reply:
     text: str
     tool_calls: list[ToolCall]
-    usage: Usage
+    usage: TokenCount
     stop_reason: str | None
     raw: Any = None  # the assistant message in the adapter's wire format, for exact round trips
 
@@ -382,7 +300,7 @@ class AnthropicAdapter(Adapter):
             elif kind == "redacted_thinking":
                 raw.append({"type": "redacted_thinking", "data": b.data})
         u = resp.usage
-        usage = Usage(int(u.input_tokens or 0), int(u.output_tokens or 0),
+        usage = TokenCount(int(u.input_tokens or 0), int(u.output_tokens or 0),
                       int(getattr(u, "cache_read_input_tokens", 0) or 0),
                       int(getattr(u, "cache_creation_input_tokens", 0) or 0))
         return Reply("".join(text), calls, usage, resp.stop_reason, raw)
@@ -444,49 +362,14 @@ class OpenAIAdapter(Adapter):
         if u is not None and (u.prompt_tokens or u.completion_tokens):
             details = getattr(u, "prompt_tokens_details", None)
             cached = int(getattr(details, "cached_tokens", 0) or 0) if details else 0
-            usage = Usage(int(u.prompt_tokens or 0) - cached, int(u.completion_tokens or 0), cached)
+            usage = TokenCount(int(u.prompt_tokens or 0) - cached, int(u.completion_tokens or 0), cached)
         else:  # some servers omit usage: estimate (~4 characters a token)
-            usage = Usage(len(json.dumps(kwargs["messages"])) // 4,
+            usage = TokenCount(len(json.dumps(kwargs["messages"])) // 4,
                           (len(msg.content or "") + sum(len(c.raw_args) for c in calls)) // 4 + 1, estimated=True)
         return Reply(msg.content or "", calls, usage, choice.finish_reason, None)
 
 
 ADAPTERS = {"anthropic": AnthropicAdapter, "openai": OpenAIAdapter}
-
-# --------------------------------------------------------------------------- transcript
-
-
-class Transcript:
-    """Append-only JSONL, one object per line, flushed as it happens, in the launcher's format
-    (``w2slab.researchers.launcher.Transcript``): ``{"ts", "researcher", "type", ...}`` with
-    type ``message`` (role, content, tokens), ``tool_call`` (tool, args, id), ``tool_result``
-    (tool, result, is_error, id, tokens) or ``event`` (event, ...)."""
-
-    def __init__(self, path: Path, researcher: str = "") -> None:
-        self.path, self.researcher = Path(path), researcher
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = self.path.open("a", encoding="utf-8")
-
-    def write(self, type_: str, **data: Any) -> None:
-        row = {"ts": round(time.time(), 3), "researcher": self.researcher, "type": type_, **data}
-        self.f.write(json.dumps(row, default=str) + "\n")
-        self.f.flush()
-
-    def message(self, role: str, content: Any, tokens: Any = None, **extra: Any) -> None:
-        self.write("message", role=role, content=content, tokens=tokens, **extra)
-
-    def tool_call(self, tool: str, args: Any, **extra: Any) -> None:
-        self.write("tool_call", tool=tool, args=args, **extra)
-
-    def tool_result(self, tool: str, result: Any, **extra: Any) -> None:
-        self.write("tool_result", tool=tool, result=result, **extra)
-
-    def event(self, what: str, **data: Any) -> None:
-        self.write("event", event=what, **data)
-
-    def close(self) -> None:
-        self.f.close()
-
 
 class RunSummary(dict):
     """The run's summary; ``int()`` of it is the process exit code the launcher expects
@@ -576,9 +459,9 @@ def _kit_info(kit_dir: Path | None, ctx: ToolContext) -> str:
             f"- Weak teacher: {json.dumps(meta.get('weak'))}\n- Strong student: {json.dumps(meta.get('strong'))}")
 
 
-def _budget_lines(s: Settings) -> str:
-    items = [("US dollars", s.max_usd), ("tokens", s.max_total_tokens), ("wall-clock seconds", s.max_wall_seconds),
-             ("experiments (run_experiment)", s.max_experiments), ("grader queries (evaluate + submit)", s.max_queries)]
+def _budget_lines(b: Budgets) -> str:
+    items = [("US dollars", b.usd), ("tokens", b.tokens), ("wall-clock seconds", b.wall_seconds),
+             ("experiments (run_experiment)", b.experiments), ("grader queries (evaluate + submit)", b.grader_queries)]
     return "\n".join(f"- {label}: {v:g}" for label, v in items if v is not None) or "- none set"
 
 
@@ -593,18 +476,19 @@ class Agent:
     """The loop: call the model, run the tools it asks for, feed the results back; keep the
     context small, the accounts straight and the budgets hard."""
 
-    def __init__(self, s: Settings, adapter: Adapter, toolbox: Toolbox, transcript: Transcript,
-                 config: Any = None) -> None:
-        self.s, self.adapter, self.toolbox, self.log, self.config = s, adapter, toolbox, transcript, config
-        self.acct = toolbox.ctx.usage  # cumulative over restarts (the launcher's Usage) or this run's
+    def __init__(self, config: ResearcherConfig, s: Settings, adapter: Adapter, toolbox: Toolbox,
+                 transcript: Transcript) -> None:
+        self.cfg, self.s, self.adapter, self.toolbox, self.log = config, s, adapter, toolbox, transcript
+        self.b, self.k = config.budgets, config.llm  # budgets and LLM knobs, read as they are
+        self.acct = toolbox.ctx.usage  # the researcher's Usage: cumulative over restarts and resumes
         self.price, self.price_source = pricing.price_for(s.model, s.base_url, s.prices)
         self.tool_schemas = toolbox.schemas(adapter.name)
         self.tools_chars = len(json.dumps(self.tool_schemas))
         self.started = time.monotonic()
-        self.usage = Usage()  # this session's tokens
+        self.usage = TokenCount()  # this session's tokens
         self.usd = 0.0  # this session's dollars
         self.calls = self.retries = self.compactions = self.tool_errors = 0
-        self.last_call = Usage()
+        self.last_call = TokenCount()
         self.context_tokens = 0  # prompt size of the latest call + output; what was appended since:
         self.appended_chars = 0
         self.finished_summary: str | None = None
@@ -614,22 +498,22 @@ class Agent:
         self.stop_detail = ""
         self.auto_submission: dict[str, Any] | None = None
         self.system = SYSTEM_PROMPT.format(
-            name=s.name, testbed=s.testbed, workspace=s.workspace, kit=s.kit_dir or "(none)",
-            kit_info=_kit_info(s.kit_dir, toolbox.ctx), project=PROJECT_ROOT,
-            direction_block=f"## Your research direction\n{s.direction}\n\n" if s.direction else "",
-            budgets=_budget_lines(s))
+            name=config.name, testbed=config.testbed, workspace=toolbox.ctx.workspace, kit=config.kit_dir or "(none)",
+            kit_info=_kit_info(toolbox.ctx.kit_dir, toolbox.ctx), project=PROJECT_ROOT,
+            direction_block=f"## Your research direction\n{config.direction}\n\n" if config.direction else "",
+            budgets=_budget_lines(config.budgets))
         self.task = self._task()
         self.messages: list[dict[str, Any]] = [user(self.task)]
 
     def _task(self) -> str:
-        a, ws = self.acct, self.s.workspace
+        a, ws = self.acct, self.toolbox.ctx.workspace
         files = sorted(str(p.relative_to(ws)) for p in ws.rglob("*")
                        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(ws).parts))
         used = (f"Used so far (all sessions): {a.experiments} experiments, {a.grader_queries} grader queries, "
                 f"{a.submissions} submissions, {a.findings_posted} forum posts, {a.tokens_in + a.tokens_out} tokens, "
                 f"${a.usd:.2f}.")
-        return (f"Begin your research on `{self.s.testbed}`."
-                + (f" Your direction: {self.s.direction}" if self.s.direction else "")
+        return (f"Begin your research on `{self.cfg.testbed}`."
+                + (f" Your direction: {self.cfg.direction}" if self.cfg.direction else "")
                 + f"\n\n{used}\nFiles in your workspace: {', '.join(files[:200]) or 'none'}"
                 + f"\n\nYour notebook (from earlier sessions) holds:\n{truncate(self.toolbox.notebook_read(), 8000)}")
 
@@ -638,7 +522,7 @@ class Agent:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def _account(self, u: Usage) -> None:
+    def _account(self, u: TokenCount) -> None:
         self.calls += 1
         for k in ("input", "output", "cache_read", "cache_write"):
             setattr(self.usage, k, getattr(self.usage, k) + getattr(u, k))
@@ -658,41 +542,27 @@ class Agent:
     def wall_left(self) -> float | None:
         """Seconds until the hard wall-clock end (budget over all sessions, or the deadline)."""
         lefts = []
-        if self.s.max_wall_seconds is not None:
-            lefts.append(self.s.max_wall_seconds - self.acct.wall_seconds())
-        if self.s.deadline is not None:
-            lefts.append(float(self.s.deadline) - time.time())
+        if self.b.wall_seconds is not None:
+            lefts.append(self.b.wall_seconds - self.acct.wall_seconds())
+        if self.cfg.deadline is not None:
+            lefts.append(float(self.cfg.deadline) - time.time())
         return min(lefts) if lefts else None
 
     def hard_stop(self) -> str | None:
         left = self.wall_left()
         if left is not None and left <= 0:
             return "budget:wall_seconds"
-        if self.s.max_total_tokens is not None and self.acct.tokens_in + self.acct.tokens_out >= self.s.max_total_tokens:
+        if self.b.tokens is not None and self.acct.tokens_in + self.acct.tokens_out >= self.b.tokens:
             return "budget:tokens"
-        if self.s.max_usd is not None and self.acct.usd >= self.s.max_usd:
+        if self.b.usd is not None and self.acct.usd >= self.b.usd:
             return "budget:usd"
-        if self.calls >= self.s.max_turns:
+        if self.calls >= self.k.max_turns:
             return "max_turns"
         return None
 
     def soft_stop(self) -> str | None:
-        """A reason to wrap up (the launcher's ``config.stop_reason`` when there is one)."""
-        fn = getattr(self.config, "stop_reason", None)
-        if callable(fn):
-            try:
-                return fn(self.acct, reserve=self.s.reserve_seconds)
-            except TypeError:  # an object without the reserve argument
-                return fn(self.acct)
-        a = self.acct
-        if self.s.max_experiments is not None and a.experiments >= self.s.max_experiments:
-            return "experiment budget"
-        if self.s.max_queries is not None and a.grader_queries >= self.s.max_queries:
-            return "grader query budget"
-        left = self.wall_left()
-        if left is not None and left <= self.s.reserve_seconds:
-            return "wall-clock budget"
-        return None
+        """A reason to wrap up: the config's stop rule (stop file, deadline minus the reserve, budgets)."""
+        return self.cfg.stop_reason(self.acct, reserve=self.k.reserve_seconds)
 
     def output_allowance(self, want: int) -> tuple[int, str | None]:
         """max_tokens for the next call such that no budget can be crossed, or a stop reason."""
@@ -700,13 +570,13 @@ class Agent:
             return 0, stop
         prompt = max(self.projected_prompt(), (_chars(self.messages) + len(self.system) + self.tools_chars) // 4)
         allow = want
-        if self.s.max_total_tokens is not None:
-            left = self.s.max_total_tokens - self.acct.tokens_in - self.acct.tokens_out - prompt
+        if self.b.tokens is not None:
+            left = self.b.tokens - self.acct.tokens_in - self.acct.tokens_out - prompt
             allow = min(allow, int(left))
             if allow < min(256, want):
                 return 0, "budget:tokens"
-        if self.s.max_usd is not None and self.price.output > 0:
-            left_usd = self.s.max_usd - self.acct.usd - self.price.cost(prompt, 0)
+        if self.b.usd is not None and self.price.output > 0:
+            left_usd = self.b.usd - self.acct.usd - self.price.cost(prompt, 0)
             allow = min(allow, int(left_usd / self.price.output * 1e6))
             if allow < min(256, want):
                 return 0, "budget:usd"
@@ -731,10 +601,10 @@ class Agent:
                 if status == 400 and any(p in message.lower() for p in CONTEXT_ERRORS):
                     raise ContextTooLong(message) from exc
                 retryable = status == 0 or status in RETRYABLE or status >= 500
-                if not retryable or attempt >= self.s.max_retries:
+                if not retryable or attempt >= self.k.max_retries:
                     raise FatalAPIError(f"{status}: {message}" + (" (gave up after retries)" if retryable else "")) from exc
                 delay = retry_after if retry_after is not None else min(
-                    self.s.retry_cap, self.s.retry_base * 2 ** attempt) * (0.5 + random.random() / 2)
+                    self.k.retry_cap_seconds, self.k.retry_base_seconds * 2 ** attempt) * (0.5 + random.random() / 2)
                 left = self.wall_left()
                 if left is not None and delay >= left:
                     raise FatalAPIError(f"{status}: {message} (no wall-clock budget left to wait {delay:.1f} s)") from exc
@@ -765,7 +635,7 @@ class Agent:
         """Summarise all but the latest exchange into the notebook and replace those turns by it."""
         msgs = self.messages
         cut = max((i for i, m in enumerate(msgs) if m["role"] == "assistant" and i >= 1), default=0)
-        if len(msgs) - cut < self.s.keep_recent and cut > 1:
+        if len(msgs) - cut < self.k.keep_recent and cut > 1:
             cut = max((i for i, m in enumerate(msgs[:cut]) if m["role"] == "assistant"), default=cut)
         if cut <= 1:
             return False  # nothing old enough to summarise
@@ -779,7 +649,7 @@ class Agent:
                   "and concrete next steps. Use markdown bullets. Do not call tools.\n\n=== HISTORY ===\n" + history)
         before = self.projected_prompt()
         try:
-            allow, stop = self.output_allowance(min(4096, self.s.max_tokens))
+            allow, stop = self.output_allowance(min(4096, self.k.max_output_tokens))
             if stop:
                 raise FatalAPIError(f"no budget left for a summary call ({stop})")
             reply = self._call("You write concise, faithful research summaries.", [user(prompt)], None, allow,
@@ -837,13 +707,13 @@ class Agent:
         self.acct.save()
         self.log.message("system", self.system)
         self.log.message("user", self.task)
-        nudges = self.s.nudges
+        nudges = self.k.nudges
         context_retry = False
         while True:
             if self.wrapup_left is None and (soft := self.soft_stop()) is not None:
                 if soft in HARD_STOPS:
                     return self._stop(HARD_STOPS[soft], soft)
-                self.soft_reason, self.wrapup_left = soft, self.s.wrapup_turns
+                self.soft_reason, self.wrapup_left = soft, self.k.wrapup_turns
                 self.log.event("wrap_up", reason=soft, turns=self.wrapup_left)
                 self._say(f"STOP: {soft}. Wrap up now, within {self.wrapup_left} more replies: submit your best "
                           "method if you have not (from predictions you already have), post your key findings to the "
@@ -854,7 +724,7 @@ class Agent:
                 self.wrapup_left -= 1
             if self.projected_prompt() >= self.s.compact_at:
                 self.compact(f"context {self.projected_prompt()} tokens >= {self.s.compact_at}")
-            max_tokens, stop = self.output_allowance(self.s.max_tokens)
+            max_tokens, stop = self.output_allowance(self.k.max_output_tokens)
             if stop:
                 return self._stop(stop)
             try:
@@ -885,7 +755,7 @@ class Agent:
                 self._say("You replied without calling a tool. If your research is done, call `finish` with a "
                           "summary; otherwise continue with your next step.")
                 continue
-            nudges = self.s.nudges
+            nudges = self.k.nudges
             results = self._run_tools(reply.tool_calls)
             self._append({"role": "tool_results", "results": results})
             if self.finished_summary is not None:
@@ -903,7 +773,7 @@ class Agent:
         """Submit the best method of this session (best dev PGR, else the latest experiment) when
         nothing was ever submitted: the launcher's contract is to end with a submission."""
         ctx = self.toolbox.ctx
-        if not self.s.auto_submit or ctx.client is None or ctx.submissions or self.acct.submissions:
+        if not self.k.auto_submit or ctx.client is None or ctx.submissions or self.acct.submissions:
             return
         if self.stop_reason in ("crashed", "api_error"):
             return  # the launcher restarts this researcher: it submits later
@@ -927,7 +797,7 @@ class Agent:
         ctx = self.toolbox.ctx
         a = self.acct
         return RunSummary({
-            "name": self.s.name, "backend": self.s.backend, "model": self.s.model, "base_url": self.s.base_url,
+            "name": self.cfg.name, "backend": self.s.backend, "model": self.s.model, "base_url": self.s.base_url,
             "stop_reason": self.stop_reason, "stop_detail": self.stop_detail, "llm_calls": self.calls,
             "tokens": {**asdict(self.usage), "total": self.usage.total}, "usd": round(self.usd, 6),
             "price_source": self.price_source, "wall_seconds": round(self.elapsed(), 3),
@@ -935,53 +805,31 @@ class Agent:
             "evaluations": ctx.evaluations, "submissions": ctx.submissions, "posts": ctx.posts,
             "auto_submission": self.auto_submission, "best_dev_pgr": a.best_dev_pgr, "final": a.final,
             "compactions": self.compactions, "retries": self.retries, "tool_errors": self.tool_errors,
-            "final_summary": self.finished_summary, "transcript": str(self.s.transcript),
-            "notebook": str(self.s.notebook), "workspace": str(self.s.workspace),
-            "budgets": {"usd": self.s.max_usd, "tokens": self.s.max_total_tokens,
-                        "wall_seconds": self.s.max_wall_seconds, "experiments": self.s.max_experiments,
-                        "grader_queries": self.s.max_queries},
+            "final_summary": self.finished_summary, "transcript": str(self.cfg.transcript),
+            "notebook": str(self.s.notebook), "workspace": str(self.toolbox.ctx.workspace),
+            "budgets": asdict(self.b),
         })
 
 
-def _load_usage(config: Any) -> Any:
-    """The launcher's persisted ``Usage`` when the config names a usage file, else None."""
-    if _get(config, "usage_path") is None:
-        return None
-    try:
-        from w2slab.researchers.launcher import Usage as LauncherUsage  # imported only when used
-    except ImportError:
-        return None
-    return LauncherUsage.load(config)
-
-
-def run_llm_researcher(config: Any) -> RunSummary:
+def run_llm_researcher(config: ResearcherConfig) -> RunSummary:
     """Run one LLM researcher until it finishes or a budget stops it; return its summary
     (a dict; ``int()`` of it is the exit code: 0 done, 1 crashed / API failure)."""
-    from w2slab.researchers.client import GraderClient
-
     s = Settings.from_config(config)
-    s.workspace.mkdir(parents=True, exist_ok=True)
-    client = GraderClient(s.grader_url, s.token or "") if s.grader_url else None
-    spec_fn, run_fn = getattr(config, "sandbox_spec", None), getattr(config, "run", None)
-    ctx = ToolContext(workspace=s.workspace, testbed=s.testbed, kit_dir=s.kit_dir, client=client, sandbox=s.sandbox,
-                      notebook=s.notebook, seeds=s.seeds or None, shell_timeout=s.shell_timeout,
-                      experiment_timeout=s.experiment_timeout, memory_bytes=s.memory_bytes, gpus=s.gpus,
-                      masked=list(s.masked), max_experiments=s.max_experiments, max_queries=s.max_queries,
-                      usage=_load_usage(config), make_spec=spec_fn if callable(spec_fn) else None,
-                      run_unsafe=run_fn if callable(run_fn) else None)
-    transcript = Transcript(s.transcript, s.name)
+    config.workspace.mkdir(parents=True, exist_ok=True)
+    client = GraderClient(config.grader_url, config.token) if config.grader_url else None
+    ctx = ToolContext.for_researcher(config, client, Usage.load(config))
+    transcript = Transcript(config.transcript, config.name)
     agent: Agent | None = None
     try:
-        agent = Agent(s, ADAPTERS[s.backend](s), Toolbox(ctx), transcript, config)
+        agent = Agent(config, s, ADAPTERS[s.backend](s), Toolbox(ctx), transcript)
         left = agent.wall_left()
         if left is not None:  # the tools' sandboxes stop at the same hard end
             ctx.deadline = time.monotonic() + left
-        transcript.event("config", name=s.name, backend=s.backend, model=s.model, base_url=s.base_url,
-                         testbed=s.testbed, workspace=str(s.workspace), sandbox=s.sandbox,
+        transcript.event("config", name=config.name, backend=s.backend, model=s.model, base_url=s.base_url,
+                         testbed=config.testbed, workspace=str(ctx.workspace), sandbox=config.sandbox,
                          context_window=s.context_window, compact_at=s.compact_at, price=asdict(agent.price),
-                         price_source=agent.price_source, seeds=ctx.kit_seeds() if s.kit_dir else None,
-                         budgets={"usd": s.max_usd, "tokens": s.max_total_tokens, "wall_seconds": s.max_wall_seconds,
-                                  "experiments": s.max_experiments, "grader_queries": s.max_queries})
+                         price_source=agent.price_source, seeds=ctx.kit_seeds() if ctx.kit_dir else None,
+                         budgets=asdict(config.budgets), gpus=config.gpus)
         try:
             agent.run()
         except Exception as e:  # noqa: BLE001 - recorded; the launcher gets a summary and restarts us

@@ -1,6 +1,8 @@
 """``w2slab research``: run automated researchers against a grader (a typer app to mount).
 
     w2slab research --testbed tweets-pairs --researchers 2 --backend offline --hours 0.1
+    w2slab research --gpus-per-researcher 1 --strong 'lm:model=...'   (disjoint GPUs per researcher)
+    w2slab research --resume runs/research --hours 1                    (continue a stopped or killed run)
     w2slab research status [--workdir DIR]
     w2slab research stop [--workdir DIR] [--now]
 
@@ -18,6 +20,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from w2slab.cliutil import parse_seeds
+from w2slab.researchers.runfolder import read_status, request_stop
 
 app = typer.Typer(help="Automated researchers.", no_args_is_help=True, add_completion=False)
 research_app = typer.Typer(help="Run automated W2S researchers against a grader; `research status`, `research stop`.")
@@ -62,12 +67,19 @@ def research(
     dev_ladder: Annotated[Optional[float], typer.Option("--dev-ladder", help="Ladder margin of the grader started here (default: its default, one dev sampling error; 0: off).")] = None,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Do not submit the naive reference to the leaderboard.")] = False,
     serve_after: Annotated[bool, typer.Option("--serve-after", help="Keep the grader (and dashboard) up after the run, until Ctrl-C.")] = False,
+    gpus_per_researcher: Annotated[int, typer.Option("--gpus-per-researcher", min=0, help="Disjoint GPUs for each researcher's experiments (0: none).")] = 0,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs to share out: '0,1,2,3' or '0-3' (default: every GPU found).")] = None,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run researchers as Ray actors on this cluster ('auto': the running one).")] = None,
+    grader_host: Annotated[str, typer.Option("--grader-host", help="Address the started grader listens on (0.0.0.0: reachable from other nodes).")] = "127.0.0.1",
+    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="WORKDIR", help="Continue the stopped or killed run in WORKDIR (its options; --hours for the resumed part).")] = None,
 ) -> None:
     """Start or connect to a grader, run N researchers in parallel, and summarise."""
     if ctx.invoked_subcommand is not None:
         return
-    from w2slab.cli import parse_seeds
-    from w2slab.researchers.launcher import ResearchOptions, run_research
+    # heavy (the launcher pulls in the report, the models' testbeds): only when a run starts
+    from w2slab.researchers.gpus import parse_gpu_list
+    from w2slab.researchers.launcher import run_research
+    from w2slab.researchers.options import ResearchOptions
     from w2slab.researchers.sandbox import SandboxUnavailable
     from w2slab.testbeds.format import TestbedError
 
@@ -78,8 +90,12 @@ def research(
             admin_token=admin_token, directions=directions, unsafe_no_sandbox=unsafe_no_sandbox, workdir=workdir, weak=weak,
             strong=strong, dev_seeds=parse_seeds(seeds), model=model, base_url=base_url, api_key_env=api_key_env,
             max_restarts=max_restarts, grace_seconds=grace, eval_per_hour=eval_per_hour, dev_ladder=dev_ladder, baseline_submit=not no_baseline,
-            serve_after=serve_after,
+            serve_after=serve_after, gpus_per_researcher=gpus_per_researcher,
+            gpus=parse_gpu_list(gpus) if gpus else None, ray_address=ray, grader_host=grader_host,
+            resume=resume is not None,
         )
+        if resume is not None:
+            opts.workdir = resume
         run_research(opts)
     except (ValueError, TestbedError, RuntimeError, FileNotFoundError, SandboxUnavailable) as e:
         _fail(str(e))
@@ -117,8 +133,6 @@ def status_table(st: dict[str, Any]) -> Table:
 def status(workdir: WorkdirOpt = DEFAULT_WORKDIR,
            as_json: Annotated[bool, typer.Option("--json", help="Print status.json as is.")] = False) -> None:
     """Accounting per researcher and in total (from <workdir>/status.json)."""
-    from w2slab.researchers.launcher import read_status
-
     try:
         st = read_status(workdir)
     except FileNotFoundError as e:
@@ -142,8 +156,6 @@ def status(workdir: WorkdirOpt = DEFAULT_WORKDIR,
 def stop(workdir: WorkdirOpt = DEFAULT_WORKDIR,
          now: Annotated[bool, typer.Option("--now", help="Also interrupt the launcher: terminate researchers without waiting.")] = False) -> None:
     """Ask a running research session to wrap up: researchers submit their best and stop."""
-    from w2slab.researchers.launcher import request_stop
-
     try:
         console.print(request_stop(workdir, now), highlight=False, soft_wrap=True)
     except FileNotFoundError as e:

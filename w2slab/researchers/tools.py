@@ -30,6 +30,7 @@ import numpy as np
 from jsonschema import Draft202012Validator
 
 from w2slab.researchers.client import GraderClient, GraderError
+from w2slab.researchers.contract import EXPERIMENT_WALL_SECONDS, ResearcherConfig, Usage
 from w2slab.researchers.sandbox import SandboxSpec, label_paths, python_binds, run_in_sandbox, run_unsandboxed
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -89,11 +90,11 @@ INTEGER = {"type": "integer"}
 
 @dataclass
 class ToolContext:
-    """Everything the tools need. ``usage`` (the launcher's ``Usage``; an unsaved one when none is given)
-    holds the experiment / grader-query / submission counters, across restarts when persisted.
-    ``make_spec(wall_seconds)`` (the launcher's ``ResearcherConfig.sandbox_spec``) and
-    ``run_unsafe(command, wall_seconds)`` (its ``run``, used when ``sandbox`` is false) replace
-    the built-in sandbox settings when given; label paths are masked either way."""
+    """Everything the tools need; :meth:`for_researcher` builds it from a researcher's config.
+    ``usage`` (the researcher's :class:`~w2slab.researchers.contract.Usage`; an unsaved one when
+    none is given) holds the experiment / grader-query / submission counters, across restarts when
+    persisted. ``config``: when given, its ``sandbox_spec`` and (with ``sandbox`` false) ``run``
+    replace the built-in sandbox settings; label paths are masked either way."""
 
     workspace: Path
     testbed: str
@@ -103,7 +104,7 @@ class ToolContext:
     notebook: Path | None = None
     seeds: list[int] | None = None  # what run_experiment runs (default: the kit's seeds)
     shell_timeout: float = 600.0
-    experiment_timeout: float = 3600.0
+    experiment_wall_seconds: float = EXPERIMENT_WALL_SECONDS
     memory_bytes: int | None = None
     gpus: list[int] = field(default_factory=list)
     masked: list[str | Path] = field(default_factory=list)
@@ -112,8 +113,7 @@ class ToolContext:
     deadline: float | None = None  # time.monotonic() after which nothing may run
     result_chars: int = RESULT_CHARS
     usage: Any = None
-    make_spec: Callable[[float], SandboxSpec] | None = None
-    run_unsafe: Callable[..., Any] | None = None
+    config: ResearcherConfig | None = None
     evaluations: list[dict[str, Any]] = field(default_factory=list)  # this session's, with file and method
     experiments: list[dict[str, Any]] = field(default_factory=list)  # this session's successful runs
     submissions: list[dict[str, Any]] = field(default_factory=list)
@@ -125,9 +125,16 @@ class ToolContext:
         self.kit_dir = Path(self.kit_dir).absolute() if self.kit_dir else None
         self.notebook = Path(self.notebook) if self.notebook else self.workspace / NOTEBOOK
         if self.usage is None:
-            from w2slab.researchers.launcher import Usage
-
             self.usage = Usage(first_start=time.time())  # no path: kept in memory only
+
+    @classmethod
+    def for_researcher(cls, config: ResearcherConfig, client: GraderClient | None, usage: Usage | None = None) -> ToolContext:
+        """The tools of the researcher ``config`` describes (its workspace, kit, sandbox, budgets)."""
+        return cls(workspace=config.workspace, testbed=config.testbed, kit_dir=config.kit_dir, client=client,
+                   sandbox=config.sandbox, seeds=list(config.submit_seeds) or None, shell_timeout=config.llm.shell_timeout,
+                   experiment_wall_seconds=config.experiment_wall_seconds, memory_bytes=config.memory_bytes,
+                   gpus=list(config.gpus), masked=list(config.masked), max_experiments=config.budgets.experiments,
+                   max_queries=config.budgets.grader_queries, usage=usage, config=config)
 
     @property
     def experiments_used(self) -> int:
@@ -216,8 +223,8 @@ class Toolbox:
         return min(limit, left)
 
     def spec(self, wall: float) -> SandboxSpec:
-        if self.ctx.make_spec is not None:
-            spec = self.ctx.make_spec(wall)
+        if self.ctx.config is not None:
+            spec = self.ctx.config.sandbox_spec(wall)
         else:
             ro: list[str | Path] = list(python_binds(PROJECT_ROOT))
             if self.ctx.kit_dir:
@@ -230,8 +237,8 @@ class Toolbox:
 
     def run(self, command: str | list[str], wall: float):  # type: ignore[no-untyped-def]
         wall = self._remaining(wall)
-        if not self.ctx.sandbox and self.ctx.run_unsafe is not None:
-            return self.ctx.run_unsafe(command, wall)
+        if not self.ctx.sandbox and self.ctx.config is not None:
+            return self.ctx.config.run(command, wall)
         return (run_in_sandbox if self.ctx.sandbox else run_unsandboxed)(self.spec(wall), command)
 
     def _spend(self, kind: str) -> str:
@@ -319,7 +326,7 @@ class Toolbox:
     # ------------------------------------------------------------------ sandboxed execution
 
     def shell(self, command: str, timeout_seconds: float | None = None) -> str:
-        wall = min(float(timeout_seconds or self.ctx.shell_timeout), max(self.ctx.shell_timeout, self.ctx.experiment_timeout))
+        wall = min(float(timeout_seconds or self.ctx.shell_timeout), max(self.ctx.shell_timeout, self.ctx.experiment_wall_seconds))
         r = self.run(command, wall)
         cuts = [f"{name} was {m[2]} bytes: its start and end are kept, {m[1]} bytes in the middle were cut"
                 for name, text in (("stdout", r.stdout), ("stderr", r.stderr)) if (m := SANDBOX_CUT.search(text or ""))]
@@ -350,7 +357,7 @@ class Toolbox:
         label = self._spend("experiment")
         out.unlink(missing_ok=True)
         started = time.monotonic()
-        r = self.run(argv, self.ctx.experiment_timeout)
+        r = self.run(argv, self.ctx.experiment_wall_seconds)
         took = time.monotonic() - started
         if not r.ok or not out.is_file():
             tail = truncate(r.stderr.strip() or r.stdout.strip(), 6000)
