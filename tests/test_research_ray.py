@@ -86,6 +86,11 @@ def cluster():
     import ray
 
     base = Path(tempfile.mkdtemp(prefix="w2sray", dir="/tmp"))  # short: Ray's socket paths must fit
+    # A plain ``ray.init()`` (tests/test_executors.py) turns on token auth for its own cluster and
+    # leaves ~/.ray/auth_token behind; with that file present a node of this token-less cluster
+    # cannot join its head. Point this cluster, its driver and the launcher at no token file.
+    saved_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_AUTH_TOKEN_PATH=str(base / "no-auth-token"))
     log = base / "ray-start.log"
     groups: list[int] = []
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", "100000000",
@@ -139,6 +144,11 @@ def cluster():
     finally:
         _stop_cluster(groups, str(base))
         shutil.rmtree(base, ignore_errors=True)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def research_cmd(toy: Path, workdir: Path, address: str, *extra: str) -> list[str]:

@@ -362,8 +362,9 @@ class Launcher:
                 self._mark(cfg, "killed", "interrupted")
 
     # ---- status
-    def _poll_server(self) -> None:
-        if time.time() - self._server_poll < 5 or self.admin is None:
+    def _poll_server(self, force: bool = False) -> None:
+        """The grader's own counts per researcher, at most every 5 s while running (``force``: now)."""
+        if (not force and time.time() - self._server_poll < 5) or self.admin is None:
             return
         self._server_poll = time.time()
         try:
@@ -372,7 +373,7 @@ class Launcher:
             pass
 
     def status(self) -> dict[str, Any]:
-        self._poll_server()
+        self._poll_server(force=self.state not in ("starting", "running", "stopping"))  # final counts at the end
         rows = []
         for cfg in self.configs:
             u = read_usage(cfg.usage_path)
