@@ -21,7 +21,6 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,37 +29,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from grader_bench import ROOT, STRONG, WEAK, WORDS, extract, make_testbed, package_env
+
 from w2slab.grader.process import GraderProcess
-
-ROOT = Path(__file__).resolve().parents[1]
-
-WEAK = "model=bow,head=linear,n_train=30,epochs=10"
-STRONG = "model=glove-50,head=mlp,epochs=10"
-WORDS = "good great bad awful movie plot actor story fun boring weak strong student teacher label noise".split()
-
-
-def make_testbed(folder: Path, n_test: int) -> Path:
-    """A small deterministic pairwise testbed (same bytes each run, so baselines come from the cache)."""
-    from w2slab.testbeds.format import write_jsonl
-
-    rng = random.Random(7)
-    for split, n in (("train_label", 60), ("train_unlabel", 240), ("test", n_test)):
-        rows = []
-        for _ in range(n):
-            pos = rng.random() < 0.5
-            good, bad = " ".join(rng.choices(WORDS[:2] + WORDS[4:8], k=7)), " ".join(rng.choices(WORDS[2:8], k=7))
-            rows.append({"prompt": "Which is more positive?", "first": good if pos else bad,
-                         "second": bad if pos else good, "label": "A" if pos else "B"})
-        write_jsonl(folder / f"{split}.jsonl", rows)
-    return folder
-
 
 def start_server(tmp: Path, workers: int, n_test: int, admin: str, package: Path | None = None) -> GraderProcess:
     """A grader on a fresh database; ``package``: a folder holding another ``w2slab`` to serve."""
     tb = make_testbed(tmp / "bench", n_test)
-    env = dict(os.environ)
-    if package is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(package), *filter(None, [env.get("PYTHONPATH")])])
+    env = package_env(package)
     db = tmp / f"bench-{secrets.token_hex(4)}.db"
     server = GraderProcess(f"bench={tb}", tmp, WEAK, STRONG, admin_token=admin, eval_per_hour=10**9, eval_total=10**9,
                            workers=workers, db_url=f"sqlite:///{db}", log=db.with_suffix(".log"), env=env,
@@ -69,14 +45,6 @@ def start_server(tmp: Path, workers: int, n_test: int, admin: str, package: Path
         return server.wait_ready(300)
     except RuntimeError as e:
         sys.exit(str(e))
-
-
-def extract(ref: str, dest: Path) -> Path:
-    """``w2slab/`` of git revision ``ref`` under ``dest`` (read-only use of the repository)."""
-    dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "w2slab"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import secrets
 import statistics
 import subprocess
@@ -22,27 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-WEAK = "model=bow,head=linear,n_train=30,epochs=10"
-STRONG = "model=glove-50,head=mlp,epochs=10"
-WORDS = "good great bad awful movie plot actor story fun boring weak strong student teacher label noise".split()
-
-
-def make_testbed(folder: Path, n_test: int) -> Path:
-    """The same deterministic pairwise testbed as grader_load.py (baselines come from the cache)."""
-    from w2slab.testbeds.format import write_jsonl
-
-    rng = random.Random(7)
-    for split, n in (("train_label", 60), ("train_unlabel", 240), ("test", n_test)):
-        rows = []
-        for _ in range(n):
-            pos = rng.random() < 0.5
-            good, bad = " ".join(rng.choices(WORDS[:2] + WORDS[4:8], k=7)), " ".join(rng.choices(WORDS[2:8], k=7))
-            rows.append({"prompt": "Which is more positive?", "first": good if pos else bad,
-                         "second": bad if pos else good, "label": "A" if pos else "B"})
-        write_jsonl(folder / f"{split}.jsonl", rows)
-    return folder
-
+from grader_bench import ROOT, STRONG, WEAK, extract, make_testbed, package_env
 
 def measure(n: int, tmp: Path) -> float:
     """CPU ms per evaluation of the serial section (50 researchers, 16 prediction vectors)."""
@@ -89,9 +68,7 @@ def measure(n: int, tmp: Path) -> float:
 
 
 def run_child(package: Path | None, n: int) -> float:
-    env = dict(os.environ)
-    if package is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(package), *filter(None, [env.get("PYTHONPATH")])])
+    env = package_env(package)
     with tempfile.TemporaryDirectory(prefix="grader-serial-") as tmp:
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", tmp, "--evaluations", str(n)],
                              env=env, cwd=package or ROOT, capture_output=True, text=True)
@@ -113,11 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grader-serial-old-") as tmp:
         variants: dict[str, Path | None] = {"working tree": None}
         if args.compare:
-            old = Path(tmp) / "old"
-            old.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.compare, "w2slab"], capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-            variants = {args.compare: old, **variants}
+            variants = {args.compare: extract(args.compare, Path(tmp) / "old"), **variants}
         results: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.rounds):
             for label, package in variants.items():

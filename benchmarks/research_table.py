@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/research-table"))
     args = ap.parse_args()
 
-    from w2slab.researchers.launcher import ResearchOptions, run_research
+    from w2slab.researchers.launcher import run_research
+    from w2slab.researchers.options import ResearchOptions
     from w2slab.testbeds import REGISTRY
 
     testbeds = [t.strip() for t in args.testbeds.split(",") if t.strip()]

@@ -134,7 +134,8 @@ def _research_status(run_id: str, sandboxed: bool) -> dict:
 @pytest.fixture(scope="module")
 def research_run(server: GraderServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A run pushed the way the launcher pushes it (ResearchPusher), in two rounds."""
-    from w2slab.researchers.launcher import ResearchPusher, Transcript
+    from w2slab.researchers.contract import Transcript
+    from w2slab.researchers.pusher import ResearchPusher
 
     folder = tmp_path_factory.mktemp("research")
     paths = {n: folder / n / "transcript.jsonl" for n in ("offline-1", "offline-2")}
@@ -157,7 +158,7 @@ def research_run(server: GraderServer, tmp_path_factory: pytest.TempPathFactory)
 
 
 def test_research_push_api(server: GraderServer, research_run: dict) -> None:
-    from w2slab.researchers.launcher import ResearchPusher
+    from w2slab.researchers.pusher import ResearchPusher
 
     with server.client(server.admin_token()) as admin:
         runs = {r["run_id"]: r for r in admin.get("/api/admin/research/runs").json()}
@@ -293,7 +294,8 @@ N_EXPERIMENTS = 20
 def long_run(server: GraderServer, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A pushed run whose transcript logs experiments the way the offline researcher does (a message
     with the recipe, sandbox and grader tool calls, a 'done' message): 20 experiments, 161 entries."""
-    from w2slab.researchers.launcher import ResearchPusher, Transcript
+    from w2slab.researchers.contract import Transcript
+    from w2slab.researchers.pusher import ResearchPusher
 
     path = tmp_path_factory.mktemp("long") / "offline-9" / "transcript.jsonl"
     tr = Transcript(path, "offline-9")
@@ -422,7 +424,7 @@ def test_forum_claims_are_checked_against_records(server: GraderServer, page) ->
 
 
 def test_pagination_of_snapshots_runs_and_flags(server: GraderServer, page) -> None:
-    from w2slab.researchers.launcher import ResearchPusher
+    from w2slab.researchers.pusher import ResearchPusher
 
     with server.add_researcher("ivan") as ivan:
         for i in range(101):
@@ -455,7 +457,7 @@ def httpx_get(server: GraderServer, path: str, **params) -> list:
 
 def test_report_page_is_the_operators(server: GraderServer, page, tmp_path: Path) -> None:
     """/report serves the newest run's report.html (operator only, under a strict CSP); a run without one says so."""
-    from w2slab.researchers.launcher import ResearchPusher
+    from w2slab.researchers.pusher import ResearchPusher
 
     (tmp_path / "report.html").write_text("<!doctype html><title>r</title><h1>Research report: toy</h1><p>sealed PGR 0.12</p>")
     status = {"run_id": "reported-run", "sandboxed": True, "state": "done", "testbed": "toy", "researchers": [], "total": {},

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "w2slab"
-LAYERS = [("paths", "cliutil"), ("testbeds",), ("models",), ("methods",), ("engine",), ("executors",), ("grader", "integrity"),
+LAYERS = [("paths", "cliutil", "processes"), ("testbeds",), ("models",), ("methods",), ("engine",), ("executors",), ("grader", "integrity"),
           ("researchers",), ("dashboard",), ("cli", "__main__", "__init__")]
 """Bottom to top; a module may import from its own layer and those below."""
 ALLOWED_UPWARD = {

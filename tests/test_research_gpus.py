@@ -12,7 +12,8 @@ import pytest
 
 from w2slab.researchers.contract import ResearcherConfig
 from w2slab.researchers.gpus import assign_gpus, detect_gpus, parse_gpu_list
-from w2slab.researchers.launcher import Launcher, ResearchOptions
+from w2slab.researchers.launcher import Launcher
+from w2slab.researchers.options import ResearchOptions
 from w2slab.researchers.sandbox import find_bwrap
 
 CONTROL = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")

@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_toy_testbed
+from research_support import launched, read_json, wait_for
 from test_grader_support import STRONG, WEAK
 
 from w2slab.engine.kit import export_kit, predict
@@ -27,7 +27,6 @@ from w2slab.models.probe import ProbeBackend, batch_plan, train_head, train_head
 from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
 from w2slab.researchers.contract import Budgets, ResearcherConfig
 from w2slab.researchers.offline import OfflineResearcher, _lcb, _mean, _values
-from w2slab.researchers.runfolder import stop_leftovers
 from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_from_text, starter_recipes
 from w2slab.researchers.sandbox import find_bwrap
 
@@ -42,48 +41,21 @@ def launcher_cmd(toy: Path, workdir: Path, *extra: str) -> list[str]:
     return cmd + ([] if sandboxed else ["--unsafe-no-sandbox"])
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the launcher exited early while waiting for {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory):
     """One research session on a toy testbed; researcher 1 is SIGKILLed after its first experiment."""
     base = tmp_path_factory.mktemp("research")
     toy = make_toy_testbed(base / "toy-pairs", "pairwise")
     workdir = base / "work"
-    log = open(base / "launcher.log", "w")
-    proc = subprocess.Popen(launcher_cmd(toy, workdir, "--max-experiments", str(MAX_EXPERIMENTS),
-                                         "--max-grader-queries", str(MAX_QUERIES)),
-                            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True)
     killed = {}
-    try:
+    with launched(launcher_cmd(toy, workdir, "--max-experiments", str(MAX_EXPERIMENTS),
+                               "--max-grader-queries", str(MAX_QUERIES)), base / "launcher.log", workdir) as proc:
         nb_path = workdir / "offline-1" / "workspace" / "notebook.json"
-        wait_for(lambda: len((read_json(nb_path) or {}).get("experiments", [])) >= 1, 240, "a first experiment", proc)
+        wait_for(lambda: len(read_json(nb_path).get("experiments", [])) >= 1, 240, "a first experiment", proc)
         usage = read_json(workdir / "offline-1" / "usage.json")
         killed = {"pid": usage["pid"], "experiments_before": len(read_json(nb_path)["experiments"])}
         os.kill(usage["pid"], signal.SIGKILL)
         proc.wait(150)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            stop_leftovers(workdir)  # the grader of a killed launcher runs in a session of its own
-        log.close()
     output = (base / "launcher.log").read_text()
     assert proc.returncode == 0, output
     return {"workdir": workdir, "toy": toy, "killed": killed, "output": output}
@@ -292,19 +264,13 @@ def test_stop_file_makes_researchers_submit(tmp_path: Path) -> None:
     """`w2slab research stop` mid-run: the researchers wrap up, submit and exit cleanly."""
     toy = make_toy_testbed(tmp_path / "toy-pairs", "pairwise")
     workdir = tmp_path / "work"
-    proc = subprocess.Popen(launcher_cmd(toy, workdir, "--researchers", "1", "--no-baseline", "--hours", "0.5"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(), start_new_session=True)
-    try:
+    with launched(launcher_cmd(toy, workdir, "--researchers", "1", "--no-baseline", "--hours", "0.5"),
+                  workdir.parent / "launcher.log", workdir) as proc:
         nb = workdir / "offline-1" / "workspace" / "notebook.json"
-        wait_for(lambda: len((read_json(nb) or {}).get("experiments", [])) >= 2, 200, "two experiments", proc)
+        wait_for(lambda: len(read_json(nb).get("experiments", [])) >= 2, 200, "two experiments", proc)
         subprocess.run([sys.executable, "-m", "w2slab.researchers.cli", "research", "stop", "--workdir", str(workdir)],
                        check=True, capture_output=True, timeout=60)
         proc.wait(120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            stop_leftovers(workdir)
     status = json.loads((workdir / "status.json").read_text())
     (r,) = status["researchers"]
     assert r["stop_reason"] == "stop requested" and r["final"]["submission_id"] and r["outcome"] == "done"

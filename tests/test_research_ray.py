@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_toy_testbed
+from research_support import alive, launched, read_json
 from test_grader_support import STRONG, WEAK
 
 from w2slab.grader.db import make_engine
@@ -163,13 +164,6 @@ def research(toy: Path, workdir: Path, address: str, *extra: str, timeout: float
     return done
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def events(transcript: Path, name: str) -> list[dict]:
     lines = [json.loads(x) for x in transcript.read_text().splitlines()]
     return [x for x in lines if x["type"] == "event" and x.get("event") == name]
@@ -185,25 +179,18 @@ def test_two_researchers_land_on_two_nodes_stop_and_submit(cluster, tmp_path: Pa
     toy = make_toy_testbed(tmp_path / "toy-pairs", "pairwise")
     workdir = tmp_path / "work"
     names = ["offline-1", "offline-2"]
-    with open(tmp_path / "launcher.log", "w") as log:
-        proc = subprocess.Popen(research_cmd(toy, workdir, cluster["address"], "--researchers", "2", "--hours", "0.2",
-                                             "--max-experiments", "3"), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            deadline = time.monotonic() + 600
-            while not all(read_json(workdir / n / "usage.json").get("experiments", 0) >= 1 for n in names):
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "launcher.log").read_text()[-3000:]
-                time.sleep(1)
-            running = read_json(workdir / "status.json")
-            assert running["state"] == "running" and all(r["node"] for r in running["researchers"])
-            stop = subprocess.run([sys.executable, "-m", "w2slab.researchers.cli", "research", "stop", "--workdir", str(workdir)],
-                                  capture_output=True, text=True, timeout=120)
-            assert stop.returncode == 0, stop.stderr
-            assert proc.wait(600) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+    with launched(research_cmd(toy, workdir, cluster["address"], "--researchers", "2", "--hours", "0.2",
+                               "--max-experiments", "3"), tmp_path / "launcher.log", workdir) as proc:
+        deadline = time.monotonic() + 600
+        while not all(read_json(workdir / n / "usage.json").get("experiments", 0) >= 1 for n in names):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "launcher.log").read_text()[-3000:]
+            time.sleep(1)
+        running = read_json(workdir / "status.json")
+        assert running["state"] == "running" and all(r["node"] for r in running["researchers"])
+        stop = subprocess.run([sys.executable, "-m", "w2slab.researchers.cli", "research", "stop", "--workdir", str(workdir)],
+                              capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        assert proc.wait(600) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
     status = json.loads((workdir / "status.json").read_text())
     assert status["state"] == "finished"
     rows = status["researchers"]
@@ -288,13 +275,6 @@ def test_gpu_request_is_placed_on_the_gpu_node(cluster, tmp_path: Path) -> None:
     assert (folder / "workspace" / "notes.md").read_text() == "from an earlier session\n"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
 def test_terminate_and_a_lost_actor_leave_no_worker(cluster, tmp_path: Path) -> None:
     """terminate() stops the worker on its node (TERM to its group) and brings its folder back;
     an actor that dies (node lost, killed) takes its worker with it and reads as a crash."""
@@ -329,11 +309,11 @@ def test_terminate_and_a_lost_actor_leave_no_worker(cluster, tmp_path: Path) -> 
         first, second = workers
         assert {first.node["node_id"], second.node["node_id"]} == set(cluster["nodes"].values())
         first.terminate(wait=5)
-        assert first.poll() == -signal.SIGTERM and not _alive(first.node["pid"])
+        assert first.poll() == -signal.SIGTERM and not alive(first.node["pid"])
         assert not Path(first.node["folder"]).exists()  # synced back, then removed from the node
         ray.kill(second.actor)
         end = time.monotonic() + 60
-        while _alive(second.node["pid"]):
+        while alive(second.node["pid"]):
             assert time.monotonic() < end, "the worker outlived its actor"
             time.sleep(0.5)
         assert second.poll() == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_toy_testbed
+from research_support import alive, launched, read_json, wait_for
 from test_grader_support import STRONG, WEAK
 
 from w2slab.researchers.runfolder import stop_leftovers
@@ -25,31 +26,6 @@ sandboxed = find_bwrap() is not None
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "w2slab.researchers.cli", "research", *args]
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        assert proc.poll() is None, f"the launcher exited early while waiting for {what}"
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def evaluations(workdir: Path) -> dict[str, int]:
@@ -89,22 +65,15 @@ def test_resume_after_kill_9(tmp_path: Path, workdir: Path) -> None:
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert "not a research run folder" in out.stderr or "does not exist" in out.stderr
 
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(cli("--testbed", str(toy), "--researchers", "2", "--hours", "0.5", "--weak", WEAK,
-                                 "--strong", STRONG, "--workdir", str(workdir), "--grace", "40", "--max-experiments", "5",
-                                 "--max-grader-queries", "7", "--gpus-per-researcher", "1", *extra),
-                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
+    with launched(cli("--testbed", str(toy), "--researchers", "2", "--hours", "0.5", "--weak", WEAK,
+                      "--strong", STRONG, "--workdir", str(workdir), "--grace", "40", "--max-experiments", "5",
+                      "--max-grader-queries", "7", "--gpus-per-researcher", "1", *extra),
+                  tmp_path / "first.log", workdir, env) as first:
         wait_for(lambda: all(read_json(workdir / n / "usage.json").get("grader_queries", 0) >= 1 for n in names),
                  480, "a first evaluation by each researcher", first)
         os.kill(first.pid, signal.SIGKILL)  # the launcher alone: no clean-up of any kind
         first.wait(10)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(10)
-            stop_leftovers(workdir)
-        log.close()
+
     info = read_json(workdir / "launcher.json")
     grader_pid, workers = info["grader_pid"], info["workers"]
     end = time.monotonic() + 30  # the researchers die with their launcher
@@ -121,22 +90,13 @@ def test_resume_after_kill_9(tmp_path: Path, workdir: Path) -> None:
         assert before[n]["usage"]["session"] == session and evals_before[n] >= 1
         json.loads(before[n]["lines"][-1])  # whole lines only, even after kill -9
 
-    log = open(tmp_path / "resumed.log", "w")
-    resumed = subprocess.Popen(cli("--resume", str(workdir), "--hours", "0.5"), stdout=log, stderr=subprocess.STDOUT,
-                               env=env, start_new_session=True)
-    try:
+    with launched(cli("--resume", str(workdir), "--hours", "0.5"), tmp_path / "resumed.log", workdir, env) as resumed:
         wait_for(lambda: read_json(workdir / "launcher.json").get("pid") == resumed.pid
                  and read_json(workdir / "status.json").get("resumed") is True, 240, "the resumed launcher", resumed)
         # a second launcher on the same run is refused while this one runs
         out = subprocess.run(cli("--resume", str(workdir)), capture_output=True, text=True, env=env, timeout=120)
         assert out.returncode == 2 and "is still running" in out.stderr and "Traceback" not in out.stderr, out.stderr
         resumed.wait(420)
-    finally:
-        if resumed.poll() is None:
-            os.killpg(resumed.pid, signal.SIGKILL)
-            resumed.wait(10)
-            stop_leftovers(workdir)
-        log.close()
     output = (tmp_path / "resumed.log").read_text()
     assert resumed.returncode == 0, output[-4000:]
     assert not alive(grader_pid)  # the killed run's grader was stopped, then restarted on the same database

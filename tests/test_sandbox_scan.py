@@ -28,7 +28,8 @@ import pytest
 
 from w2slab.integrity.audit import AuditSettings, audit_sandbox_spec
 from w2slab.integrity.redteam import STRONG, WEAK, make_testbed
-from w2slab.researchers.launcher import ResearcherConfig, sandbox_masks
+from w2slab.researchers.contract import ResearcherConfig
+from w2slab.researchers.prepare import sandbox_masks
 from w2slab.researchers.sandbox import PACKAGE_DIR, SandboxSpec, find_bwrap, run_in_sandbox
 from w2slab.testbeds.format import read_jsonl
 

@@ -21,20 +21,14 @@ from pathlib import Path
 
 import httpx
 
+from w2slab.processes import signal_group, stop_group
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now (the OS picks it)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def signal_group(pid: int, sig: int) -> None:
-    """Send ``sig`` to the process group led by ``pid``; a group already gone is not an error."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class GraderProcess:
@@ -121,13 +115,7 @@ class GraderProcess:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, SIGKILL it after ``timeout`` seconds."""
-        if self.proc.poll() is not None:
-            return
-        signal_group(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        stop_group(self.proc, timeout)
 
     def __enter__(self) -> GraderProcess:
         return self

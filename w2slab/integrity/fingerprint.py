@@ -26,10 +26,3 @@ def hamming(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if len(rows) == 0:
         return np.zeros(0, dtype=np.int64)
     return _POP[np.bitwise_xor(rows, a[None, :])].sum(1, dtype=np.int64)
-
-
-def scored_view(full: np.ndarray, rows: np.ndarray, n_seeds: int = 1) -> np.ndarray:
-    """The scored rows of one or several concatenated vectors, packed as uint8."""
-    n = len(full) // n_seeds
-    parts = [full[i * n: (i + 1) * n][rows] for i in range(n_seeds)]
-    return np.packbits(np.concatenate(parts).astype(bool))

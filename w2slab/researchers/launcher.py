@@ -53,10 +53,6 @@ from w2slab.researchers.sandbox import require_sandbox
 from w2slab.researchers.summary import submit_naive_baseline, summarize
 from w2slab.researchers.worker import LocalWorker
 
-__all__ = ["ResearchOptions", "Launcher", "run_research", "ResearcherConfig", "Budgets", "Transcript", "Usage",
-           "ResearchPusher", "sandbox_masks"]
-
-
 class Launcher:
     """One research session: :meth:`setup` (grader, kit, researchers' configs), :meth:`start`
     (their workers), :meth:`poll` every half second until all have ended, then the summary."""

@@ -46,6 +46,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from w2slab.processes import stop_group
 from w2slab.researchers.contract import ResearcherConfig, Transcript, atomic_write
 
 ROOT_ENV = "W2SLAB_RAY_DIR"  # node-local folder for researchers and shipped kits (default <tmp>/w2slab-ray)
@@ -317,15 +318,9 @@ class ResearcherHost:
         return files, deleted, more
 
     def terminate(self, wait: float) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return self.poll()
-        _signal_group(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        return self.proc.returncode
+        return stop_group(self.proc, wait)
 
     def cleanup(self) -> None:
         """Remove this researcher's node folder (everything was synced back)."""
@@ -359,13 +354,6 @@ def _read_from(path: Path, offset: int, limit: int, whole_lines: bool = False) -
         end = data.rfind(b"\n")
         data = data[: end + 1] if end >= 0 else b""
     return data, offset + len(data)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ============================================================== the supervisor's handle

@@ -140,10 +140,6 @@ class ToolContext:
     def experiments_used(self) -> int:
         return int(self.usage.experiments)
 
-    @property
-    def queries_used(self) -> int:
-        return int(self.usage.grader_queries)
-
     def kit_seeds(self) -> list[int]:
         if self.seeds:
             return [int(s) for s in self.seeds]

@@ -16,6 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from w2slab.processes import stop_group
 from w2slab.researchers.contract import BACKENDS, ResearcherConfig, Transcript
 
 
@@ -46,14 +47,6 @@ def worker_main(config_path: str | Path) -> int:
     return code
 
 
-def signal_group(pid: int, sig: int) -> None:
-    """Send ``sig`` to the process group led by ``pid`` (gone or not ours: ignored)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _die_with_launcher() -> None:
     """In the child before exec: SIGTERM when the launcher dies, even by kill -9 (PR_SET_PDEATHSIG)."""
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
@@ -80,14 +73,7 @@ class LocalWorker:
         """Everything is already in the local folder."""
 
     def terminate(self, wait: float = 10.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        signal_group(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            signal_group(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        stop_group(self.proc, wait)
 
 
 if __name__ == "__main__":
