@@ -85,10 +85,11 @@ class History:
     def ladders_of(self, who: int) -> set[str | None]:
         return {key for rid, key in self.best if rid == who}
 
-    def distances(self, v: np.ndarray) -> np.ndarray:
-        if self._views is None or self._n == 0 or self._views.shape[1] != len(v):
+    def distances(self, v: np.ndarray, start: int = 0) -> np.ndarray:
+        """Hamming distances from ``v`` to the views from index ``start`` on (views are only appended)."""
+        if self._views is None or self._n <= start or self._views.shape[1] != len(v):
             return np.zeros(0, dtype=np.int64)
-        return hamming(v, self._views[: self._n])
+        return hamming(v, self._views[start: self._n])
 
     def nearest(self, d: np.ndarray, who: int) -> dict[str, Any]:
         rids = self.rids[: len(d)]
@@ -111,6 +112,17 @@ class History:
         n = len(self.rows)
         diff = np.flatnonzero(np.unpackbits(np.bitwise_xor(v, self._views[i]))[: n * self.n_seeds])
         return sorted({int(self.rows[j % n]) for j in diff})
+
+
+@dataclass
+class PendingEvaluation:
+    """An evaluation's lock-free part (:meth:`FeedbackGuard.prepare`): hard labels, view, distances
+    to the first ``len(d)`` history views, and the fresh (not reused) answer."""
+
+    h: np.ndarray
+    v: np.ndarray
+    d: np.ndarray
+    fresh: dict[str, Any]
 
 
 class FeedbackGuard:
@@ -197,12 +209,25 @@ class FeedbackGuard:
         g = pgr(noisy, scorer.weak_dev, scorer.ceiling_dev)
         return {"pgr": None if math.isnan(g) else round(g, 2), "transfer_acc": round(noisy, 2)}
 
-    def evaluate(self, s: Session, who: int, scorer: Any, p1: np.ndarray, seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def prepare(self, scorer: Any, p1: np.ndarray) -> PendingEvaluation:
+        """The work of an evaluation that needs no lock: its view, its fresh answer and its distances
+        to the history known so far (:meth:`evaluate` adds the rows synced since)."""
+        h = np.asarray(p1) > 0.5
+        hist = self.history(scorer, "evaluate")
+        v = hist.view(h)
+        with hist.lock:
+            d = hist.distances(v)
+        return PendingEvaluation(h, v, d, self.fresh_answer(scorer, p1, v))
+
+    def evaluate(self, s: Session, who: int, scorer: Any, p1: np.ndarray, seed: int | None = None,
+                 pending: PendingEvaluation | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The answer to one evaluation and its fingerprint row's values, for :meth:`record` in the
         same write transaction (so reuse decisions are serialised). ``seed`` picks the ladder: one
         best per (researcher, seed), at most ``ladder_seeds`` seeds (the information a researcher
-        can draw through ladders grows with their number, so it is capped)."""
-        h = np.asarray(p1) > 0.5
+        can draw through ladders grows with their number, so it is capped). ``pending``: from
+        :meth:`prepare`, called before the write lock was taken (shortens the serial section)."""
+        p = pending or self.prepare(scorer, p1)
+        h, v = p.h, p.v
         hist = self.history(scorer, "evaluate")
         key = None if seed is None else str(seed)
         with hist.lock:
@@ -211,8 +236,8 @@ class FeedbackGuard:
                 raise PredictionError(f"seed {seed}: you already climb {len(mine)} ladders (seeds "
                                       f"{sorted(map(str, mine))}) on {scorer.name}, the most the grader keeps per researcher; "
                                       "evaluate one of those seeds")
-            v = hist.view(h)
-            d = hist.distances(v)
+            d = hist.distances(v, start=len(p.d))
+            d = np.concatenate([p.d, d]) if len(p.d) else d
             near = hist.nearest(d, who)
             radius = self.radius(scorer)
             anchor = None
@@ -223,7 +248,7 @@ class FeedbackGuard:
             if anchor is not None:
                 answer, anchor_id = json.loads(hist.answers[anchor]), hist.ids[anchor]
             else:
-                answer, anchor_id = self.fresh_answer(scorer, p1, v), None
+                answer, anchor_id = p.fresh, None
             own = near["nearest_own"]
             flipped = hist.flipped_rows(v, near["nearest_own_id"]) if own is not None and 0 < own <= MAX_FLIPPED else []
             shown = answer

@@ -3,15 +3,19 @@ reuse detection and the per-seed Ladder), one unit of the evaluation budget each
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+import anyio
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
-from w2slab.grader.budget import sha_of
-from w2slab.grader.deps import Budgets, State
+from w2slab.grader.budget import Budget, sha_of
+from w2slab.grader.deps import Budgets, ScoringLane, State
 from w2slab.grader.scoring import parse_predictions
+from w2slab.grader.state import GraderState
 
 router = APIRouter(tags=["evaluations"])
 
@@ -24,7 +28,11 @@ class EvaluateIn(BaseModel):
 
 
 @router.post("/evaluate")
-def evaluate(body: EvaluateIn, response: Response, state: State, budget: Budgets) -> dict[str, Any]:
+async def evaluate(body: EvaluateIn, response: Response, state: State, budget: Budgets, lane: ScoringLane) -> dict[str, Any]:
+    return await anyio.to_thread.run_sync(functools.partial(_evaluate, body, response, state, budget), limiter=lane)
+
+
+def _evaluate(body: EvaluateIn, response: Response, state: GraderState, budget: Budget) -> dict[str, Any]:
     sc = state.scorer(body.testbed)
     p1 = parse_predictions(body.predictions, sc.n_test)
     guard = state.guard
@@ -32,8 +40,10 @@ def evaluate(body: EvaluateIn, response: Response, state: State, budget: Budgets
     who = budget.who
     box: dict[str, Any] = {}
 
+    pending = guard.prepare(sc, p1)  # before the write lock: the serial section does only what needs it
+
     def answer(s: Session, _: Any) -> dict[str, Any]:
-        box["answer"], box["fp"] = guard.evaluate(s, who.id or 0, sc, p1, body.seed)
+        box["answer"], box["fp"] = guard.evaluate(s, who.id or 0, sc, p1, body.seed, pending)
         return box["answer"]
 
     def link(s: Session, audit_id: int, _: Any) -> None:
