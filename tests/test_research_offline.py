@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -18,13 +19,14 @@ import pytest
 import torch
 from conftest import make_toy_testbed
 from research_support import launched, read_json, wait_for
-from test_grader_support import STRONG, WEAK
+from test_grader_support import STRONG, WEAK, GraderServer
 
 from w2slab.engine.kit import export_kit, predict
 from w2slab.engine.pipeline import Experiment
 from w2slab.models.base import BackendConfig, soft_xent
 from w2slab.models.probe import ProbeBackend, batch_plan, train_head, train_head_torch
 from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
+from w2slab.researchers.client import GraderClient
 from w2slab.researchers.contract import Budgets, ResearcherConfig
 from w2slab.researchers.offline import OfflineResearcher, _lcb, _mean, _values
 from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_from_text, starter_recipes
@@ -435,3 +437,45 @@ def test_archive_keeps_one_elite_per_family_and_spreads_the_search(researcher_fa
     assert not any(p in {n["key"] for n in crowd[:-1]} for p in parents)
     r.nb.save()
     assert "## Archive" in r.nb.md_path.read_text()
+
+
+@pytest.mark.slow
+def test_refused_pick_falls_back_to_the_next_recipe(tmp_path: Path) -> None:
+    """A researcher whose best recipe lands within the near-duplicate radius of another
+    researcher's submission submits its next-best recipe instead of ending with no result."""
+    toy = make_toy_testbed(tmp_path / "toy-pairs", "pairwise", sizes=(40, 120, 60))
+    server = GraderServer(toy, tmp_path / "grader.db").start()
+    try:
+        with server.client(server.admin_token()) as admin:
+            seeds = admin.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
+            token = admin.post("/api/admin/researchers", json={"name": "offline-t"}).json()["token"]
+        kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1, 2, *seeds], tmp_path / "kit")
+        naive_file = tmp_path / "naive.py"
+        naive_file.write_text(Recipe().render())
+        near = {str(s): list(p) for s, p in predict(kit, str(naive_file), seeds)["predictions"].items()}
+        near[str(seeds[0])][0] = 1.0 - near[str(seeds[0])][0]  # naive's predictions with one row flipped
+        other = GraderClient(server.url, server.add_researcher("other").headers["Authorization"].split()[1])
+        snap = tmp_path / "other-snapshot"
+        snap.mkdir()
+        shutil.copyfile(naive_file, snap / "naive.py")
+        other.submit("toy", "other: naive, one row flipped", other.upload_snapshot(snap)["sha256"], near)
+        other.close()
+
+        ws = tmp_path / "r"
+        cfg = ResearcherConfig(name="offline-t", token=token, grader_url=server.url, testbed="toy", kit_dir=kit,
+                               workspace=ws / "workspace", direction="ensembles", direction_name="ensembles",
+                               transcript=ws / "t.jsonl", usage_path=ws / "usage.json", stop_file=ws / "STOP",
+                               dev_seeds=[1, 2], submit_seeds=seeds, sandbox=sandboxed)
+        r = OfflineResearcher(cfg)
+        _node(r, Recipe(), {"1": 0.5, "2": 0.5})  # the best: naive, a near-duplicate of "other"'s submission
+        second = _node(r, Recipe(label="soft", ensemble=3), {"1": 0.3, "2": 0.3})
+        r.finish("test")
+        refused = [e for e in map(json.loads, (ws / "t.jsonl").read_text().splitlines())
+                   if e.get("tool") == "grader.submit" and "near-duplicate" in json.dumps(e.get("result", {}))]
+        assert len(refused) == 1
+        assert r.usage.submissions == 1 and r.usage.final["recipe"] == second["key"]
+        with server.client(server.admin_token()) as admin:
+            mine = admin.get("/api/submissions", params={"researcher": "offline-t"}).json()
+        assert [s["id"] for s in mine] == [r.usage.final["submission_id"]]
+    finally:
+        server.stop()

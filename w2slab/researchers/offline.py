@@ -305,12 +305,14 @@ class OfflineResearcher:
     def best(self) -> dict[str, Any] | None:
         """The recipe to bet on: the highest lower confidence bound ``mean - sigma / sqrt(n)`` over
         all its seeds (censored ones included at their imputed value: more seeds, more trust)."""
-        nodes = self.evaluated()
-        if not nodes:
-            return None
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def ranked(self) -> list[dict[str, Any]]:
+        """Every evaluated recipe, best lower confidence bound first (see :meth:`best`)."""
         s = self.sigma()
         self.nb.data["sigma"] = s
-        return max(nodes, key=lambda n: _lcb(n, s))
+        return sorted(self.evaluated(), key=lambda n: -_lcb(n, s))
 
     # ------------------------------------------------------------------ time
     def estimate(self, recipe: Recipe, n_seeds: int) -> float:
@@ -732,16 +734,30 @@ class OfflineResearcher:
                  + (f"; best so far {best['describe']} ({self.mean(best):.3f}, n={len(best['results'])})" if best else ""))
 
     # ------------------------------------------------------------------ the final submission
-    def finish(self, reason: str) -> None:
+    def finish(self, reason: str, tries: int = 3) -> None:
+        """Submit the best recipe. When the grader refuses it as a near-duplicate of another
+        submission and this researcher has no earlier one to stand on, the next-best recipes follow
+        (at most ``tries`` in all), so a pick that happens to match someone else's does not leave
+        the researcher without a result."""
         if self.submitted():
             self.say("final submission of this session already made before a restart; nothing to do")
             return
-        best = self.best()
-        if best is None:
+        ranked = self.ranked()
+        if not ranked:
             self.say(f"stopping ({reason}) with no evaluated recipe: nothing to submit")
             return
+        for i, node in enumerate(ranked[:tries]):
+            if i and self.cfg.deadline is not None and time.time() > self.cfg.deadline + 60:
+                self.say("no time left to submit another recipe")
+                return
+            if self.submit_recipe(node, reason, "best" if i == 0 else "next-best") != "refused" or self.nb.data.get("finals"):
+                return
+
+    def submit_recipe(self, best: dict[str, Any], reason: str, rank: str = "best") -> str:
+        """Run ``best``'s recipe on the server's seeds and submit it: "submitted", "refused" (a
+        near-duplicate) or "failed"."""
         recipe = Recipe.from_dict(best["recipe"])
-        self.say(f"stopping ({reason}); submitting my best recipe {recipe.describe()} "
+        self.say(f"stopping ({reason}); submitting my {rank} recipe {recipe.describe()} "
                  f"(dev PGR {self.dev_text(best)})")
         snap = self.ws / "snapshot"
         shutil.rmtree(snap, ignore_errors=True)
@@ -761,7 +777,7 @@ class OfflineResearcher:
             self.nb.data["final"] = {"error": str(e), "recipe": recipe.key}
             self.nb.save()
             self.say(f"the final run failed: {e}")
-            return
+            return "failed"
         preds = {str(s): data["predictions"][str(s)] for s in self.submit_seeds}
         note = f"{self.cfg.name}: {recipe.describe()} (dev PGR {self.dev_text(best)})"[:500]
         self.tr.tool_call("grader.upload_snapshot", {"folder": str(snap), "note": note})
@@ -784,7 +800,7 @@ class OfflineResearcher:
             self.nb.save()
             self.usage.save()
             self.say(f"the grader refused the submission as a near-duplicate: {e.message}")
-            return
+            return "refused"
         self.tr.tool_result("grader.submit", sub)
         self.usage.submissions += 1
         self.usage.final = {"submission_id": sub["id"], "pgr": sub["pgr"], "pgr_ci": sub["pgr_ci"], "recipe": recipe.key,
@@ -803,6 +819,7 @@ class OfflineResearcher:
                   + self.evidence(best, sha_file),
                   {"pgr": sub["pgr"], "dev_pgr": round(self.mean(best), 4), "recipe_key": recipe.key, "final": True},
                   submission_ids=[sub["id"]], snapshot_shas=[info["sha256"]])
+        return "submitted"
 
     def evidence(self, best: dict[str, Any], sha_file: str) -> str:
         chain, node = [], best
