@@ -36,14 +36,22 @@ _AUDIT = text("INSERT INTO audit (researcher_id, kind, testbed, created_at, pred
               "VALUES (:rid, :kind, :testbed, :t, :sha, :score) RETURNING id")
 
 
-def _raw(conn: Any) -> Callable[[Any, dict[str, Any]], tuple] | None:
-    """On SQLite, run a fixed statement on the transaction's own DBAPI connection (its first row):
-    the same SQL in the same transaction, without SQLAlchemy's per-statement overhead (about a
-    third of the serial section). None elsewhere (PostgreSQL keeps the Core path)."""
-    if conn.dialect.name != "sqlite":
-        return None
-    cursor = conn.connection.driver_connection.cursor()
-    return lambda stmt, params: cursor.execute(stmt.text, params).fetchone()
+Run = Callable[[Any, dict[str, Any]], Any]
+"""Runs one of the fixed statements above in the open transaction; its first row (None for an UPDATE)."""
+
+
+def _runner(conn: Any) -> Run:
+    """On SQLite, the transaction's own DBAPI cursor runs the statement's SQL: the same SQL in the
+    same transaction, without SQLAlchemy's per-statement overhead (about a third of the serial
+    section). Elsewhere (PostgreSQL) the Core connection runs it."""
+    if conn.dialect.name == "sqlite":
+        cursor = conn.connection.driver_connection.cursor()
+        return lambda stmt, params: cursor.execute(stmt.text, params).fetchone()
+
+    def run(stmt: Any, params: dict[str, Any]) -> Any:
+        result = conn.execute(stmt, params)
+        return result.first() if result.returns_rows else None
+    return run
 
 
 def charge(
@@ -60,14 +68,10 @@ def charge(
     t = now()
     with write_session(state.engine) as s:
         conn = s.connection()
-        sq = _raw(conn)
-        used = sq(_USED[kind], {"rid": who.id})[0] if sq else \
-            conn.execute((_USED_PG if conn.dialect.name == "postgresql" else _USED)[kind], {"rid": who.id}).scalar_one()
-        n = _budget_check(conn, state, who, kind, used, t)
-        if sq:
-            sq(_SPEND[kind], {"rid": who.id})
-        else:
-            conn.execute(_SPEND[kind], {"rid": who.id})
+        run = _runner(conn)
+        used = run((_USED_PG if conn.dialect.name == "postgresql" else _USED)[kind], {"rid": who.id})[0]
+        n = _budget_check(run, state, who, kind, used, t)
+        run(_SPEND[kind], {"rid": who.id})
         extra = add(s) if add else None
         computed = callable(score)
         if callable(score):
@@ -76,22 +80,20 @@ def charge(
             s.flush()
             score = {"submission_id": extra.id, **score}
         row = {"rid": who.id, "kind": kind, "testbed": testbed, "t": t, "sha": pred_sha, "score": dumps(score)}
-        audit_id = sq(_AUDIT, row)[0] if sq else conn.execute(_AUDIT, row).scalar_one()
+        audit_id = run(_AUDIT, row)[0]
         if after:
             after(s, audit_id, extra)
         s.commit()
         return audit_id, per_hour - n - 1, total - used - 1, (score if computed and add is None else extra)
 
 
-def _budget_check(conn: Any, state: GraderState, who: Principal, kind: str, used: int, t: float) -> int:
+def _budget_check(run: Run, state: GraderState, who: Principal, kind: str, used: int, t: float) -> int:
     """Raise 429 when ``who`` has no ``kind`` budget left; else the number used in the last hour."""
     st = state.settings
     per_hour, total = (st.eval_per_hour, st.eval_total) if kind == "evaluate" else (st.submit_per_hour, st.submit_total)
     if used >= total:
         raise HTTPException(429, f"total {kind} budget used up ({total}); it does not reset: ask the operator to raise it")
-    params = {"rid": who.id, "kind": kind, "since": t - 3600}
-    sq = _raw(conn)
-    n, oldest = sq(_RECENT, params) if sq else conn.execute(_RECENT, params).one()
+    n, oldest = run(_RECENT, {"rid": who.id, "kind": kind, "since": t - 3600})
     if n >= per_hour:
         wait = max(1, math.ceil(oldest + 3600 - t))
         raise HTTPException(429, f"hourly {kind} budget used up ({per_hour} per hour); retry in {wait} s",
@@ -103,8 +105,8 @@ def check_budget(state: GraderState, who: Principal, kind: str) -> None:
     """The budget check before anything else looks at a request: a request refused for its
     content (a near-duplicate submission) is refused only while budget is left."""
     with read_session(state.engine) as s:
-        conn = s.connection()
-        _budget_check(conn, state, who, kind, conn.execute(_USED[kind], {"rid": who.id}).scalar_one(), now())
+        run = _runner(s.connection())
+        _budget_check(run, state, who, kind, run(_USED[kind], {"rid": who.id})[0], now())
 
 
 @dataclass

@@ -117,6 +117,9 @@ Budgets = Annotated[Budget, Depends(get_budget)]
 """The asking researcher's budgets: ``.check(kind)`` and ``.charge(kind, ...)``."""
 
 
+SCORING_THREADS = 1
+
+
 async def get_scoring_lane(request: Request) -> anyio.CapacityLimiter:
     lane = getattr(request.app.state, "scoring_lane", None)
     if lane is None:  # made on the event loop, once per app (a limiter belongs to its loop)
@@ -124,7 +127,6 @@ async def get_scoring_lane(request: Request) -> anyio.CapacityLimiter:
     return lane
 
 
-SCORING_THREADS = 1
 ScoringLane = Annotated[anyio.CapacityLimiter, Depends(get_scoring_lane)]
 """The threads evaluations run on, one per process: each one queues for the database's write lock
 anyway, and with fewer threads competing for the GIL the lock's holder finishes sooner (with the
