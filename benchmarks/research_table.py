@@ -26,6 +26,9 @@ teacher-error filter were designed from the *format* of correctness rows (no lab
 name) and checked on the dev thirds (seeds 1-2) of ``tweets-claims`` and ``reviews-claims`` (and the
 filter on ``tweets-pairs``'s); the search's new priors (structural blocks first, the other blocks'
 starters as Thompson candidates around naive) were set after one 6-minute ``tweets-claims`` run.
+The low-rank student block (``rank``: the top principal directions of the student's features) was
+checked on the dev thirds (seeds 1-2, plain soft-label transfer) of ``tweets-pairs``,
+``tweets-claims`` and ``reviews-claims`` before it entered the space, with ``fever-claims`` held out.
 ``fever-claims`` informed nothing. Nothing is keyed by a testbed's name.
 """
 

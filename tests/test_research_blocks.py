@@ -8,14 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_toy_testbed
 from test_grader_support import STRONG, WEAK
 
 from w2slab.engine.kit import export_kit, predict
 from w2slab.engine.pipeline import Experiment
+from w2slab.models.base import BackendConfig
+from w2slab.models.probe import ProbeBackend, principal_directions
 from w2slab.methods.blocks import (agreement, calibrate_to_rate, choice_set, counterfactual_rows, crossfit_proba,
                                    exclusive_consistency, exclusive_scores, question_groups)
 from w2slab.researchers.recipes import STARTERS, Mutator, Recipe, screening_recipes
+from w2slab.testbeds import load_testbed
 from w2slab.testbeds.format import Split
 
 CHOICES = ["negative", "neutral", "positive"]
@@ -163,6 +167,8 @@ def test_screening_covers_every_applicable_block_and_mutations_respect_the_testb
 
 def test_recipe_keys_of_old_recipes_are_unchanged_and_new_blocks_cost_a_fit() -> None:
     assert Recipe().key == Recipe(consistency="none", consistency_mix=0.5).key
+    assert "rank" not in Recipe().canonical() and Recipe(rank=32).key != Recipe().key
+    assert Recipe(rank=32).family == "rank" and Recipe(rank=8).describe() == "rank=8"
     assert Recipe(consistency="both").cost == Recipe().cost + 1
     assert Recipe(filter="crossfit").cost == Recipe().cost + 1
     assert Recipe(filter="crossfit", keep_frac=0.5).key != Recipe(filter="crossfit", keep_frac=0.85).key
@@ -181,6 +187,32 @@ def test_rendered_recipes_with_the_new_blocks_run_on_a_toy_testbed(tmp_path: Pat
         assert not np.allclose(p, plain)  # the block acts
     notes = predict(kit, _render(Recipe(consistency="both", epochs=5), tmp_path), [1])["notes"]["1"]
     assert 0 <= notes["consistency_changed"] <= 1
+
+
+def test_low_rank_student_sees_only_the_top_principal_directions(tmp_path: Path) -> None:
+    """The ``rank`` block: the probe head trains on the top-k principal directions of its
+    standardised features (fitted without labels), so it cannot use a direction of low variance
+    even when the targets follow it exactly."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g) * torch.tensor([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    basis = principal_directions(x - x.mean(0), 2)
+    assert basis.shape == (6, 2) and torch.allclose(basis.T @ basis, torch.eye(2), atol=1e-5)
+    assert basis[0, 0].abs() > 0.99 and basis[1, 1].abs() > 0.99  # the two high-variance axes, in order
+    assert torch.equal(basis, principal_directions(x - x.mean(0), 2))  # deterministic, signs included
+    cfg = BackendConfig(rank=3)
+    assert cfg.cache_dict()["rank"] == 3 and "rank" not in BackendConfig().cache_dict()  # old cache keys stay valid
+    assert "rank" not in BackendConfig(kind="lm", model="x", rank=3).cache_dict()  # the lm backend ignores it
+    toy = make_toy_testbed(tmp_path / "toy-claims", "correctness", sizes=(40, 160, 80))
+    kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1], tmp_path / "kit")
+    plain = np.asarray(predict(kit, _render(Recipe(epochs=5), tmp_path), [1])["predictions"]["1"])
+    low = predict(kit, _render(Recipe(epochs=5, rank=8), tmp_path), [1])["predictions"]["1"]
+    assert not np.allclose(low, plain) and low == predict(kit, _render(Recipe(epochs=5, rank=8), tmp_path), [1])["predictions"]["1"]
+    student = ProbeBackend(BackendConfig.parse("model=glove-50,head=mlp,epochs=2,rank=4"))
+    data = load_testbed(toy)
+    student.fit(data.train_unlabel, np.asarray(data.train_unlabel.labels), seed=1)
+    assert student.head is not None and student.head[0].in_features == 4
+    with pytest.raises(ValueError, match="rank=100000"):
+        ProbeBackend(BackendConfig.parse("model=glove-50,rank=100000")).fit(data.train_unlabel, np.asarray(data.train_unlabel.labels))
 
 
 def _render(r: Recipe, folder: Path) -> str:

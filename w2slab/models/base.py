@@ -48,15 +48,21 @@ class BackendConfig:
     # probe heads: on a large training set the batch grows (and lr by the square root of the growth)
     # so that an epoch takes at most this many steps; None: always batch_size (see ProbeBackend.fit)
     max_steps_per_epoch: int | None = 8
+    # probe heads: train on the top ``rank`` principal components of the (standardised) training
+    # features only, fitted without labels (a simplicity bias: the head cannot follow the teacher's
+    # errors along the many low-variance directions); None: all features
+    rank: int | None = None
     grad_checkpointing: bool = True
     device: str = field(default="auto", metadata={"cache": False})
 
     def cache_dict(self) -> dict[str, Any]:
         """The fields that affect results, for content-addressed cache keys (``max_steps_per_epoch``
-        only where it acts: a probe with it set; so keys from before it existed stay valid)."""
+        and ``rank`` only where they act: a probe with them set; so keys from before they existed
+        stay valid)."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("cache", True)}
-        if d.get("max_steps_per_epoch") is None or self.kind != "probe":
-            d.pop("max_steps_per_epoch", None)
+        for knob in ("max_steps_per_epoch", "rank"):  # probe-only knobs, keyed only where set
+            if d.get(knob) is None or self.kind != "probe":
+                d.pop(knob, None)
         return d
 
     def to_dict(self) -> dict[str, Any]:

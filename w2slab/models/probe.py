@@ -53,6 +53,16 @@ def batch_plan(n: int, cfg: BackendConfig) -> tuple[int, float]:
     return batch, cfg.lr * math.sqrt(batch / cfg.batch_size)
 
 
+def principal_directions(x: torch.Tensor, rank: int) -> torch.Tensor:
+    """The top ``rank`` principal directions (columns, unit length) of centred rows ``x``, with a
+    deterministic sign (each column's largest entry positive)."""
+    cov = (x.T @ x).double() / max(1, len(x) - 1)
+    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    top = vecs[:, -rank:].flip(1)
+    top = top * torch.sign(top.gather(0, top.abs().argmax(0, keepdim=True)))
+    return top.to(x.dtype).contiguous()
+
+
 def train_head_torch(head: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, loss: LossFn,
                      gen: torch.Generator, epochs: int, batch_size: int, lr: float, weight_decay: float, warmup: float) -> None:
     """The reference :func:`train_head` matches bit for bit: ``torch.optim.AdamW`` stepped by
@@ -121,6 +131,7 @@ class ProbeBackend:
         self.head: nn.Module | None = None
         self._mean: torch.Tensor | None = None
         self._std: torch.Tensor | None = None
+        self._basis: torch.Tensor | None = None  # (features, rank) when config.rank is set
 
     def features(self, data: Split) -> np.ndarray:
         return encode_rows(self.config.model, data)
@@ -150,6 +161,11 @@ class ProbeBackend:
             raise ValueError(f"{len(x)} rows but {len(y)} targets and {len(w)} weights")
         self._mean, self._std = x.mean(0), x.std(0).clamp_min(1e-6)
         x = (x - self._mean) / self._std
+        if cfg.rank is not None:
+            if not 1 <= cfg.rank <= min(x.shape):
+                raise ValueError(f"rank={cfg.rank}: must be between 1 and {min(x.shape)} (rows and features)")
+            self._basis = principal_directions(x, cfg.rank)
+            x = x @ self._basis
         gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         self.head = self._make_head(x.shape[1])
@@ -163,6 +179,8 @@ class ProbeBackend:
         if self.head is None:
             raise RuntimeError("fit the backend before predicting")
         x = (torch.from_numpy(self.features(data)) - self._mean) / self._std
+        if self._basis is not None:
+            x = x @ self._basis
         with torch.no_grad():
             return self.head(x).numpy()
 

@@ -23,6 +23,9 @@ A :class:`Recipe` composes built-in blocks:
 - self-training ``rounds`` (0-2) mixing targets with the last student's hard labels
   (``teacher_weight`` on the teacher);
 - an ``ensemble`` of 1-3 students averaged;
+- rank: the student sees only the top ``rank`` principal directions of its features, found
+  without labels (a simplicity bias: it cannot follow the teacher's errors along the many
+  low-variance directions);
 - hyper-parameters of the student: ``lr``, ``epochs``, ``head``, ``weight_decay``.
 
 ``Recipe.render()`` writes a self-contained ``@method`` plug-in (only w2slab public APIs):
@@ -59,6 +62,7 @@ SPACE: dict[str, list[Any]] = {
     "rounds": [0, 1, 2],
     "teacher_weight": [0.3, 0.5, 0.7],
     "ensemble": [1, 2, 3],
+    "rank": [8, 32, 128],
     "lr": [3e-4, 1e-3, 3e-3],
     "epochs": [5, 10, 20, 30],
     "head": ["linear", "mlp"],
@@ -76,6 +80,7 @@ BLOCKS: dict[str, tuple[str, ...]] = {
     "weighting": ("weighting", "weight_power"),
     "rounds": ("rounds", "teacher_weight"),
     "ensemble": ("ensemble",),
+    "rank": ("rank",),
     "hyper": ("lr", "epochs", "head", "weight_decay"),
 }
 
@@ -100,6 +105,7 @@ class Recipe:
     rounds: int = 0
     teacher_weight: float = 0.5
     ensemble: int = 1
+    rank: int | None = None  # None: all of the student's features
     lr: float | None = None  # None: the testbed's strong-model default
     epochs: int | None = None
     head: str | None = None
@@ -140,6 +146,8 @@ class Recipe:
             d.pop("weight_power")
         if d["rounds"] == 0:
             d.pop("teacher_weight")
+        if d["rank"] is None:  # off: absent, so recipes from before the block keep their keys
+            d.pop("rank")
         return d
 
     @property
@@ -217,7 +225,8 @@ KEYWORDS: dict[str, tuple[str, ...]] = {
     r"consisten|neighbou?r|propagat|elicit|smooth": ("relabel", "symmetric"),
     r"noisy|channel|\bem\b|self-train|pseudo|posterior": ("rounds", "label"),
     r"distill|born-again|temperature|sharpen|\bkl\b": ("label", "rounds"),
-    r"simplicit|early stop|capacity|linear head|regulari": ("hyper",),
+    r"simplicit|early stop|capacity|linear head|regulari": ("rank", "hyper"),
+    r"low.rank|effective rank|principal|pca": ("rank",),
     r"select|filter|disagree|threshold|small-loss": ("filter",),
     r"ensemble|averag": ("ensemble",),
     r"probe|difference-in-means|principal|pca|representation": ("relabel",),
@@ -234,6 +243,7 @@ STARTERS: dict[str, dict[str, Any]] = {
     "rounds": {"rounds": 1, "teacher_weight": 0.5},
     "label": {"label": "soft"},
     "ensemble": {"ensemble": 3},
+    "rank": {"rank": 32},
     "hyper": {"epochs": 10},
     "consistency": {"consistency": "both", "consistency_mix": 1.0},
 }
@@ -252,7 +262,7 @@ DIRECTION_PLANS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                                        ("rounds", {"rounds": 2, "teacher_weight": 0.3})],
     "distillation-variants": [("label", {"label": "soft"}), ("label", {"label": "sharp", "temperature": 0.5}),
                               ("rounds", {"rounds": 1, "teacher_weight": 0.3})],
-    "simplicity-bias-regularisation": [("hyper", {"head": "linear"}), ("hyper", {"epochs": 10}),
+    "simplicity-bias-regularisation": [("rank", {"rank": 32}), ("hyper", {"head": "linear"}), ("hyper", {"epochs": 10}),
                                        ("hyper", {"lr": 3e-4})],
     "data-selection": [("filter", {"filter": "disagree"}), ("filter", {"filter": "confident", "keep_frac": 0.5})],
     "ensembles": [("ensemble", {"ensemble": 3}), ("ensemble", {"ensemble": 2, "label": "soft"})],
@@ -321,7 +331,7 @@ def screening_recipes(base: Recipe, blocks: list[str], start: int = 0) -> list[t
 
 # the value that means "this block is off"
 OFF: dict[str, Any] = {"label": "hard", "relabel": "none", "symmetric": False, "filter": "none", "loss": "xent",
-                       "weighting": "none", "rounds": 0, "ensemble": 1, "consistency": "none"}
+                       "weighting": "none", "rounds": 0, "ensemble": 1, "consistency": "none", "rank": None}
 
 
 @dataclass
@@ -460,7 +470,7 @@ def run(
 {params},
 ) -> np.ndarray:
     pairwise = ctx.train.kind == "pairwise"
-    overrides = {{k: v for k, v in dict(lr=lr, epochs=epochs, head=head, weight_decay=weight_decay).items() if v is not None}}
+    overrides = {{k: v for k, v in dict(lr=lr, epochs=epochs, head=head, weight_decay=weight_decay, rank=rank).items() if v is not None}}
     p = np.asarray(ctx.weak_probs, dtype=np.float64)
 
     # label source
