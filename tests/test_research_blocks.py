@@ -202,6 +202,8 @@ def test_low_rank_student_sees_only_the_top_principal_directions(tmp_path: Path)
     cfg = BackendConfig(rank=3)
     assert cfg.cache_dict()["rank"] == 3 and "rank" not in BackendConfig().cache_dict()  # old cache keys stay valid
     assert "rank" not in BackendConfig(kind="lm", model="x", rank=3).cache_dict()  # the lm backend ignores it
+    with pytest.raises(ValueError, match="rank is an option of the probe"):
+        BackendConfig.parse("lm:model=x,rank=3")
     toy = make_toy_testbed(tmp_path / "toy-claims", "correctness", sizes=(40, 160, 80))
     kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1], tmp_path / "kit")
     plain = np.asarray(predict(kit, _render(Recipe(epochs=5), tmp_path), [1])["predictions"]["1"])

@@ -96,6 +96,8 @@ class BackendConfig:
             raise ValueError(f"unknown backend kind '{values['kind']}' (known: probe, lm)")
         if values.get("kind") == "lm" and not values.get("model"):
             raise ValueError("the lm backend needs model=<hub name or local path>")
+        if values.get("rank") is not None and values.get("kind", "probe") != "probe":
+            raise ValueError("rank is an option of the probe backend's head (the lm backend trains LoRA adapters)")
         return cls(**values)
 
 
