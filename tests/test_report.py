@@ -285,3 +285,11 @@ def test_forum_and_submissions_pagination(server: GraderServer, page) -> None:
     assert page.locator("table tbody tr").count() == n_subs - 1
     assert f"showing 2-{n_subs} of {n_subs}" in page.locator(".pager").first.inner_text()
     assert page.locator(".pager").first.locator("a[rel=prev]").get_attribute("href") == "/submissions"
+
+
+def test_pick_tables_name_the_researcher_once() -> None:
+    from w2slab.researchers.report import method_text
+
+    assert method_text({"researcher": "offline-1", "method_name": "offline-1: rank=32"}) == "rank=32"
+    assert method_text({"researcher": "offline-2", "method_name": "offline-1: rank=32"}) == "offline-1: rank=32"
+    assert method_text({"researcher": "alice", "method_name": "my method"}) == "my method"

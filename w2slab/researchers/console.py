@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from w2slab.researchers.report import dev_ci
+from w2slab.researchers.report import dev_ci, method_text
 
 if TYPE_CHECKING:  # the launcher imports this module, not the other way round
     from w2slab.researchers.launcher import Launcher
@@ -137,7 +137,7 @@ def print_summary(console: Any, summary: dict[str, Any] | None, dashboard_hint: 
         return f" (audit: {row['audit']}{'; ' + flags if flags else ''})"
 
     table.add_row("best pick (chosen on the board, scored once on the sealed holdout)",
-                  f"{fmt(best)} by {best['researcher']}: {best['method_name']}{audit(best)}" if best else "none")
+                  f"{fmt(best)} by {best['researcher']}: {method_text(best)}{audit(best)}" if best else "none")
     table.add_row("naive baseline (same seeds and rows)", fmt(naive) + audit(naive))
     vs = (best or {}).get("vs")
     if vs and vs.get("diff") is not None:
@@ -145,7 +145,7 @@ def print_summary(console: Any, summary: dict[str, Any] | None, dashboard_hint: 
         table.add_row("best vs naive (paired, same rows and seeds)", f"{vs['diff']:+.3f} PGR [{lo:+.3f}, {hi:+.3f}]")
     for row in s.get("sealed_picks") or []:
         if not best or row["researcher"] != best["researcher"]:
-            table.add_row(f"  {row['researcher']}'s pick (sealed)", f"{fmt(row)}: {row['method_name']}{audit(row)}")
+            table.add_row(f"  {row['researcher']}'s pick (sealed)", f"{fmt(row)}: {method_text(row)}{audit(row)}")
     cand = s.get("candidates") or {}
     table.add_row("candidates compared", f"{cand.get('dev_evaluations')} on dev, {cand.get('board_submissions')} on the board")
     table.add_row("experiments / grader queries", f"{s.get('experiments')} / {s.get('grader_queries')}")

@@ -72,6 +72,13 @@ def with_ci(value: Any, ci: Any, digits: int = 3, sign: bool = False) -> str:
     return f"{num(value, digits, sign)} [{num(lo, digits, sign)}, {num(hi, digits, sign)}]"
 
 
+def method_text(row: dict[str, Any]) -> str:
+    """A pick's method name without its researcher's name in front (the offline researchers name
+    their submissions "offline-1: recipe ...", and the tables say whose pick it is already)."""
+    name, prefix = str(row.get("method_name") or ""), f"{row.get('researcher')}: "
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
 def dev_ci(pgr_value: float | None, acc: float | None, base: dict[str, Any]) -> tuple[float, float] | None:
     """Approximate 95% interval of one dev answer: binomial noise of its dev rows (see the module docstring)."""
     gap, n = base.get("gap"), base.get("dev_rows")
@@ -321,7 +328,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     if best.get("pgr") is not None:
         lines += [(f"- **Best pick** (chosen on the board, scored once on the sealed holdout of {s.get('sealed_rows')} rows): "
                   f"sealed PGR **{with_ci(best['pgr'], best.get('pgr_ci'))}** by {esc(best['researcher'])}: "
-                  f"{esc(best.get('method_name'))} (board PGR {on_board(best)}; audit: {esc(best.get('audit'))}; "
+                  f"{esc(method_text(best))} (board PGR {on_board(best)}; audit: {esc(best.get('audit'))}; "
                   f"flags: {_flag_text(best.get('flags'))})")]
     else:
         lines += ["- **Best pick**: none (no researcher's submission was scored on the sealed holdout)"]
