@@ -85,6 +85,21 @@ class Connection:
             self.streams = None
 
 
+class HttpxConnection:
+    """The same interface on httpx's async client (``--client httpx``), one connection per client."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.client = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}", "content-type": "application/json"},
+                                        timeout=30, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+
+    async def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+        resp = await self.client.request(method, target, content=body or None)
+        return resp.status_code, resp.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) * 1000 if xs else float("nan")
 
@@ -108,33 +123,23 @@ async def run(url: str, admin: str, clients: int, duration: float, mix: dict[str
     ops, weights = list(mix), list(mix.values())
     deadline = time.monotonic() + duration
 
-    async def call(c: httpx.AsyncClient | Connection, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        if isinstance(c, Connection):
-            return await c.request(method, path, body)
-        resp = await c.request(method, path, content=body or None)
-        return resp.status_code, resp.content
-
     async def client(i: int) -> None:
         r = random.Random(i)
-        if client_kind == "raw":
-            c: httpx.AsyncClient | Connection = Connection(url, tokens[i])
-        else:
-            c = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {tokens[i]}", "content-type": "application/json"},
-                                  timeout=30, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        c = Connection(url, tokens[i]) if client_kind == "raw" else HttpxConnection(url, tokens[i])
         try:
             while time.monotonic() < deadline:
                 op = r.choices(ops, weights)[0]
                 t0 = time.perf_counter()
                 try:
                     if op == "evaluate":
-                        status, text = await call(c, "POST", "/api/evaluate", r.choice(bodies))
+                        status, text = await c.request("POST", "/api/evaluate", r.choice(bodies))
                     elif op == "post":
                         body = {"kind": r.choice(["insight", "hypothesis", "result"]), "title": f"{r.choice(terms)} run {i}",
                                 "body": " ".join(r.choices(WORDS, k=30))}
-                        status, text = await call(c, "POST", "/api/posts", json.dumps(body).encode())
+                        status, text = await c.request("POST", "/api/posts", json.dumps(body).encode())
                     else:
                         query = httpx.QueryParams({"q": r.choice(terms), "limit": 20})
-                        status, text = await call(c, "GET", f"/api/posts/search?{query}")
+                        status, text = await c.request("GET", f"/api/posts/search?{query}")
                     ok = status < 300
                     if not ok and len(samples) < 5:
                         samples.append(f"{op}: {status} {text[:200]!r}")
@@ -148,7 +153,7 @@ async def run(url: str, admin: str, clients: int, duration: float, mix: dict[str
                 else:
                     errors[op] += 1
         finally:
-            await (c.close() if isinstance(c, Connection) else c.aclose())
+            await c.close()
 
     start = time.monotonic()
     await asyncio.gather(*(client(i) for i in range(clients)))

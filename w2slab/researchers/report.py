@@ -348,7 +348,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     if picks:
         lines += ["### Each researcher's sealed pick", ""]
         lines += _table(["researcher", "method", "sealed PGR [95% CI]", "vs naive [95% CI]", "board PGR [95% CI]", "audit", "flags"],
-                        [[esc(p["researcher"]), esc(p.get("method_name")), with_ci(p.get("pgr"), p.get("pgr_ci")),
+                        [[esc(p["researcher"]), esc(method_text(p)), with_ci(p.get("pgr"), p.get("pgr_ci")),
                           with_ci((p.get("vs") or {}).get("diff"), (p.get("vs") or {}).get("ci"), sign=True),
                           on_board(p), esc(p.get("audit")), _flag_text(p.get("flags"))] for p in picks])
     lines += ["## PGR over time", "", f"![PGR over time per researcher]({PNG_NAME})", "",
@@ -380,7 +380,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     subs = [r for r in data["board"] if r.get("pgr") is not None]
     if subs:
         lines += _table(["submission", "researcher", "method", "board PGR [95% CI]", "audit", "teacher-free", "flags"],
-                        [[str(r["id"]), esc(r["researcher"]), esc(r.get("method_name")), with_ci(r["pgr"], r.get("pgr_ci")),
+                        [[str(r["id"]), esc(r["researcher"]), esc(method_text(r)), with_ci(r["pgr"], r.get("pgr_ci")),
                           esc(r.get("audit")), esc(r.get("teacher_free")), _flag_text(r.get("flags"))] for r in subs])
     flagged = data["flags"]
     if flagged:
