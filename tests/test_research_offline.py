@@ -23,7 +23,7 @@ from test_grader_support import STRONG, WEAK, GraderServer
 
 from w2slab.engine.kit import export_kit, predict
 from w2slab.engine.pipeline import Experiment
-from w2slab.models.base import BackendConfig, soft_xent
+from w2slab.models.base import PROBE_TRAINING, BackendConfig, soft_xent
 from w2slab.models.probe import ProbeBackend, batch_plan, train_head, train_head_torch
 from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
 from w2slab.researchers.client import GraderClient
@@ -389,7 +389,7 @@ def test_hand_written_adamw_is_bit_for_bit_torch(head: str) -> None:
         h = ProbeBackend(cfg)._make_head(16)
         gen = torch.Generator().manual_seed(5)
         if train is None:
-            train_head_torch(h, x, y, w, soft_xent, gen, 4, 64, 3e-3, 0.1, 0.1)
+            train_head_torch(h, x, y, w, soft_xent, gen, 4, 64, 3e-3, 0.1, 0.1, fused=True)
         else:
             train(h, x, y, w, soft_xent, gen, 4, 64, 3e-3, 0.1, 0.1)
         heads.append(h)
@@ -409,6 +409,8 @@ def test_batch_plan_grows_batches_only_on_large_sets_and_keys_the_cache() -> Non
     assert "max_steps_per_epoch" not in old.cache_dict() and cfg.cache_dict()["max_steps_per_epoch"] == 8
     lm = BackendConfig.parse("lm:model=x")
     assert lm.max_steps_per_epoch is None and "max_steps_per_epoch" not in lm.cache_dict()
+    # the probe's optimiser arithmetic is keyed (fused AdamW moved results by float rounding)
+    assert cfg.cache_dict()["training"] == PROBE_TRAINING and "training" not in lm.cache_dict()
     assert "max_steps_per_epoch" not in BackendConfig(kind="lm", model="x").cache_dict()  # the lm backend ignores it
 
 

@@ -28,6 +28,11 @@ def soft_xent(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     return (per_example * weights).sum() / weights.sum().clamp_min(1e-8)
 
 
+# the probe head's optimiser arithmetic, in its cache keys: 2 = torch's fused AdamW kernel
+# (results moved by float rounding from the single-tensor arithmetic of the keys without it)
+PROBE_TRAINING = 2
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """Everything that defines a model. Fields marked ``cache=False`` don't change results."""
@@ -63,6 +68,8 @@ class BackendConfig:
         for knob in ("max_steps_per_epoch", "rank"):  # probe-only knobs, keyed only where set
             if d.get(knob) is None or self.kind != "probe":
                 d.pop(knob, None)
+        if self.kind == "probe":
+            d["training"] = PROBE_TRAINING
         return d
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, SupportsInt
 
-from w2slab.researchers.sandbox import SandboxResult, SandboxSpec, python_binds, run_in_sandbox, run_unsandboxed
+from w2slab.researchers.sandbox import SandboxResult, SandboxSpec, WarmSandbox, python_binds, run_in_sandbox, run_unsandboxed
 
 BACKENDS = ("offline", "anthropic", "openai")
 STOP_FILE = "STOP"
@@ -110,6 +110,8 @@ class ResearcherConfig:
     gpus: host GPU indices (``/dev/nvidiaN``) its experiments may use; inside the sandbox they
       are the only GPU device nodes and ``CUDA_VISIBLE_DEVICES`` is ``0..len(gpus)-1``.
     cpu_seconds, memory_bytes, experiment_wall_seconds: limits of one sandboxed experiment.
+    warm: run ``w2slab`` commands (experiments) in a warm sandbox that forks a child per run
+      (:class:`~w2slab.researchers.sandbox.WarmSandbox`) instead of starting one per run.
     session: id of this research session (usage counters and the final submission are per
       session; ``--resume`` keeps it, a fresh run in the same workdir starts a new one).
     """
@@ -145,6 +147,7 @@ class ResearcherConfig:
     memory_bytes: int = 8 << 30
     experiment_wall_seconds: float = EXPERIMENT_WALL_SECONDS
     session: str = ""
+    warm: bool = True
 
     _PATHS = ("kit_dir", "workspace", "transcript", "usage_path", "stop_file", "shared_embeddings")
 
@@ -229,10 +232,19 @@ class ResearcherConfig:
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else [str(a) for a in command]
         return run_unsandboxed(spec, [sys.executable, "-S", "-c", _DIE_WITH_PARENT, *argv])
 
+    def warm_sandbox(self) -> WarmSandbox:
+        """A warm sandbox for this researcher's ``w2slab`` runs (started at its first run), with
+        the kit's rows and features read once."""
+        return WarmSandbox(self.sandbox_spec(), sandboxed=self.sandbox, kit=self.kit_dir,
+                           wrap=[sys.executable, "-S", "-c", _DIE_WITH_PARENT])
+
+    def predict_args(self, method_file: str | Path, seeds: list[int], out: str | Path) -> list[str]:
+        """``w2slab`` arguments of a ``predict`` on the kit for ``seeds``, writing predictions JSON to ``out``."""
+        return ["predict", "--kit", str(self.kit_dir), "-m", str(method_file), "-o", str(out), "--seeds", ",".join(map(str, seeds))]
+
     def predict_argv(self, method_file: str | Path, seeds: list[int], out: str | Path) -> list[str]:
-        """``w2slab predict`` on the kit for ``seeds``, writing predictions JSON to ``out``."""
-        return [sys.executable, "-m", "w2slab", "predict", "--kit", str(self.kit_dir), "-m", str(method_file),
-                "-o", str(out), "--seeds", ",".join(map(str, seeds))]
+        """The command line of :meth:`predict_args` in a fresh Python."""
+        return [sys.executable, "-m", "w2slab", *self.predict_args(method_file, seeds, out)]
 
 
 # run_unsandboxed starts children in a new session: make them die with the researcher

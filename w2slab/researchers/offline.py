@@ -229,6 +229,7 @@ class OfflineResearcher:
         self.usage = Usage.load(config)
         self.nb = Notebook(self.ws, config.name, config.direction)
         self.client = GraderClient(config.grader_url, config.token)
+        self.warm = config.warm_sandbox() if config.warm else None  # started at the first experiment
         self.rng = random.Random(config.seed * 7919 + self.nb.data["restarts"])
         from w2slab.engine.kit import Kit
 
@@ -609,10 +610,13 @@ class OfflineResearcher:
         argv = self.cfg.predict_argv(method_file, seeds, out)
         out.unlink(missing_ok=True)
         self.tr.tool_call("sandbox.run", {"argv": argv, "sandboxed": self.cfg.sandbox, "wall_seconds": wall})
-        res = self.cfg.run(argv, wall_seconds=wall)
+        res = self.warm.run(self.cfg.predict_args(method_file, seeds, out), wall) if self.warm else None
+        warm = res is not None
+        if res is None:
+            res = self.cfg.run(argv, wall_seconds=wall)
         result = {"returncode": res.returncode, "stdout": res.stdout, "stderr": res.stderr, "timed_out": res.timed_out,
                   "killed_for_memory": res.killed_for_memory, "wall_seconds": round(res.wall_seconds_used, 2),
-                  "sandboxed": res.sandboxed}
+                  "sandboxed": res.sandboxed, "warm": warm}
         self.tr.tool_result("sandbox.run", result)
         if not res.ok or not out.is_file():
             tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
@@ -846,6 +850,13 @@ class OfflineResearcher:
             self.tr.event("resumed", experiments=len(self.nb.data["experiments"]), restarts=self.nb.data["restarts"])
         else:
             self.say(f"starting; my direction: {self.cfg.direction}")
+        try:
+            return self._run()
+        finally:
+            if self.warm is not None:
+                self.warm.close()
+
+    def _run(self) -> int:
         reason = None
         while True:
             reason = self.stop_reason()

