@@ -107,3 +107,14 @@ def test_a_run_cannot_write_the_warm_process_memory(kit: Path, tmp_path: Path) -
     with warm_for(kit, tmp_path / "on") as warm:
         _, out = predict(warm, kit, ATTACK)
     assert out["notes"]["1"]["tamper"] == "PermissionError"
+
+
+def test_an_lm_student_is_not_loaded_before_the_forks(tmp_path: Path) -> None:
+    """The warm process reads a probe student's features, never an lm student (loading it there
+    would initialise CUDA before the forks): a kit naming a model that does not exist still serves."""
+    exp = Experiment.create(str(make_toy_testbed(tmp_path / "toy")), "model=bow,head=linear,n_train=30,epochs=10",
+                            "lm:model=/nonexistent/model")
+    kit = export_kit(exp, [1], tmp_path / "kit")
+    with warm_for(kit, tmp_path / "ws") as warm:
+        res = warm.run(["--help"])
+    assert res is not None and res.ok and "predict" in res.stdout, res and res.stderr

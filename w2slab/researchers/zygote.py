@@ -36,11 +36,12 @@ POLL_SECONDS = 0.005
 
 
 def warm_kit(kit_dir: str) -> None:
-    """Read the kit's rows and their student features once, so that every child has them."""
+    """Read the kit's rows and, for a probe student, their features once, so that every child has
+    them. An ``lm`` student is left alone: loading it here would initialise CUDA before the forks."""
     kit = Kit.open(kit_dir)
     ctx = kit.context(kit.seeds[0])
-    student = make_backend(ctx.strong)
-    if hasattr(student, "features"):
+    if ctx.strong.kind == "probe":
+        student = make_backend(ctx.strong)
         student.features(ctx.train)
         student.features(ctx.test)
 
