@@ -567,17 +567,32 @@ class _Watch(threading.Thread):
             self.done.wait(0.05)
 
 
+def _limited(spec: SandboxSpec, argv: list[str]) -> tuple[list[str], _PidsGroup, object]:
+    """``argv`` in a fresh pids group under the spec's rlimits (``prlimit``, or a ``preexec_fn``
+    where util-linux is missing): the command line, the group and the ``preexec_fn`` (or None)."""
+    group = _PidsGroup(spec.max_processes)  # without a limit: still counts the peak
+    argv = group.wrap(argv)
+    prlimit = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
+    if prlimit:
+        return [prlimit, *_limit_prefix(spec, nproc=group.path is None), "--", *argv], group, None
+    return argv, group, _preexec(spec)
+
+
+def _decoy_fifos(spec: SandboxSpec, folder: str) -> dict[str, str]:
+    """A FIFO in ``folder`` for each of the spec's decoys: sandbox path -> host FIFO."""
+    fifos: dict[str, str] = {}
+    for i, dest in enumerate(dict.fromkeys(str(Path(d).absolute()) for d in spec.decoys)):
+        fifo = os.path.join(folder, f"d{i}")
+        os.mkfifo(fifo, 0o644)
+        os.chmod(fifo, 0o644)
+        fifos[dest] = fifo
+    return fifos
+
+
 def _run(spec: SandboxSpec, argv: list[str], stdin: str | bytes | None, sandboxed: bool,
          cwd: str | None, env: dict[str, str], fifos: dict[str, str] | None = None) -> SandboxResult:
     spec.workspace.mkdir(parents=True, exist_ok=True)
-    prlimit = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    group = _PidsGroup(spec.max_processes)  # without a limit: still counts the peak
-    argv = group.wrap(argv)
-    preexec = None
-    if prlimit:
-        argv = [prlimit, *_limit_prefix(spec, nproc=group.path is None), "--", *argv]
-    else:
-        preexec = _preexec(spec)
+    argv, group, preexec = _limited(spec, argv)
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -677,12 +692,7 @@ def run_in_sandbox(spec: SandboxSpec, command: str | list[str], stdin: str | byt
     """
     require_sandbox()
     with tempfile.TemporaryDirectory(prefix="w2slab-decoys-") as tmp:
-        fifos: dict[str, str] = {}
-        for i, dest in enumerate(dict.fromkeys(str(Path(d).absolute()) for d in spec.decoys)):
-            fifo = os.path.join(tmp, f"d{i}")
-            os.mkfifo(fifo, 0o644)
-            os.chmod(fifo, 0o644)
-            fifos[dest] = fifo
+        fifos = _decoy_fifos(spec, tmp)
         cmd = bwrap_command(spec, _argv(command), decoys=fifos)
         return _run(spec, cmd, stdin, sandboxed=True, cwd=None, env={}, fifos=fifos)
 
@@ -743,24 +753,13 @@ class WarmSandbox:
         fifos: dict[str, str] = {}
         if self.sandboxed:
             require_sandbox()
-            for i, dest in enumerate(dict.fromkeys(str(Path(d).absolute()) for d in self.spec.decoys)):
-                fifo = os.path.join(self._tmp.name, f"d{i}")
-                os.mkfifo(fifo, 0o644)
-                os.chmod(fifo, 0o644)
-                fifos[dest] = fifo
+            fifos = _decoy_fifos(self.spec, self._tmp.name)
             argv = bwrap_command(self.spec, argv, decoys=fifos)
             cwd, env = None, {}
         else:
             argv = [*self.wrap, *argv]
             cwd, env = str(self.spec.workspace), self.spec.environment(sandboxed=False)
-        self.group = _PidsGroup(self.spec.max_processes)
-        argv = self.group.wrap(argv)
-        prlimit = shutil.which("prlimit", path="/usr/bin:/bin:/usr/sbin:/sbin")
-        preexec = None
-        if prlimit:
-            argv = [prlimit, *_limit_prefix(self.spec, nproc=self.group.path is None), "--", *argv]
-        else:
-            preexec = _preexec(self.spec)
+        argv, self.group, preexec = _limited(self.spec, argv)
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          cwd=cwd, env=env, start_new_session=True, preexec_fn=preexec)
@@ -838,9 +837,9 @@ class WarmSandbox:
             reply = json.loads(line) if line else None
             peak_procs, hits = group.peak(), group.hits()
             if reply is None or reply.get("id") != req["id"]:  # the zygote died, or hung past the grace
-                self._kill()
-                note = self.errors.text().strip().splitlines()[-3:]
                 self._stop()
+                self.errors.join(5)
+                note = self.errors.text().strip().splitlines()[-3:]
                 reply = {"returncode": 1, "timed_out": wall is not None and elapsed >= wall, "cpu_seconds_used": 0.0,
                          "stdout": "", "stderr": "\n".join(["[the warm sandbox ended during the run]", *note]) + "\n"}
             spec = dataclasses.replace(self.run_spec, wall_seconds=wall)

@@ -95,6 +95,10 @@ def run_one(req: dict, cap: int, private: list[int]) -> dict:
     pid = os.fork()
     if pid == 0:
         _child(list(req["args"]), req.get("cpu_seconds"), out, err, private)
+    try:
+        os.setpgid(pid, pid)  # as the child does: whichever runs first, the group exists before a kill
+    except OSError:
+        pass
     timed_out = False
     while True:
         done, status, usage = os.wait4(pid, os.WNOHANG)
