@@ -17,18 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sqlmodel import Session, select
 from conftest import make_toy_testbed
 from research_support import launched, read_json, wait_for
 from test_grader_support import STRONG, WEAK, GraderServer
 
 from w2slab.engine.kit import export_kit, predict
 from w2slab.engine.pipeline import Experiment
+from w2slab.grader.db import Submission, make_engine
 from w2slab.models.base import PROBE_TRAINING, BackendConfig, soft_xent
 from w2slab.models.probe import ProbeBackend, batch_plan, train_head, train_head_torch
 from w2slab.researchers.directions import BUILTIN, assign_directions, load_directions
 from w2slab.researchers.client import GraderClient
 from w2slab.researchers.contract import Budgets, ResearcherConfig
-from w2slab.researchers.offline import OfflineResearcher, _lcb, _mean, _values
+from w2slab.researchers.offline import FINALISTS, OfflineResearcher, _lcb, _mean, _values
 from w2slab.researchers.recipes import Mutator, Recipe, direction_bias, recipe_from_text, starter_recipes
 from w2slab.researchers.sandbox import find_bwrap
 
@@ -86,7 +88,7 @@ def test_research_session_lands_in_the_grader(run) -> None:
         evals = [a for a in audit if a["researcher"] == name and a["kind"] == "evaluate"]
         # accounting: self-reported, server-side and the audit log agree
         assert r["grader_queries"] == len(evals) == r["server"]["evaluations_total"] > 0
-        assert r["submissions"] == 1 == r["server"]["submissions"]
+        assert 1 <= r["submissions"] == r["server"]["submissions"] == len(r["final"]["candidates"]) <= FINALISTS
         assert r["findings_posted"] == r["server"]["posts"] == len([p for p in posts if p["author"] == name])
         # budget caps: stopped at the cap, never beyond it
         assert len(evals) <= MAX_QUERIES and r["experiments"] <= MAX_EXPERIMENTS
@@ -276,7 +278,6 @@ def test_stop_file_makes_researchers_submit(tmp_path: Path) -> None:
     status = json.loads((workdir / "status.json").read_text())
     (r,) = status["researchers"]
     assert r["stop_reason"] == "stop requested" and r["final"]["submission_id"] and r["outcome"] == "done"
-    first = r["final"]["submission_id"]
     # a second session in the same workdir: same researcher (token reused), notebook continued,
     # counters per session, a new submission
     done = subprocess.run(launcher_cmd(toy, workdir, "--researchers", "1", "--no-baseline", "--max-experiments", "2"),
@@ -287,10 +288,12 @@ def test_stop_file_makes_researchers_submit(tmp_path: Path) -> None:
     assert r2["grader_queries"] <= 4
     nb = json.loads((Path(r2["workspace"]) / "notebook.json").read_text())
     assert nb["restarts"] == 1 and (workdir / "offline-1").glob("usage.*.json")
-    if "resubmission_refused" in r2["final"]:  # a near-duplicate of the first: the grader keeps the first
-        assert r2["final"]["submission_id"] == first and "refused" in nb["final"] and len(nb["finals"]) == 1
+    first_ids = {c["submission_id"] for c in r["final"]["candidates"]}
+    if "resubmission_refused" in r2["final"]:  # near-duplicates of the first session's: those stand
+        assert r2["final"]["submission_id"] in first_ids and "refused" in nb["final"] and len(nb["finals"]) == len(first_ids)
     else:
-        assert r2["final"]["submission_id"] != first and len(nb["finals"]) == 2
+        new = {c["submission_id"] for c in r2["final"]["candidates"]}
+        assert new and not new & first_ids and len(nb["finals"]) == len(first_ids) + len(new)
 
 
 # ---------------------------------------------------------------- the final pick (selection under the Ladder)
@@ -480,5 +483,49 @@ def test_refused_pick_falls_back_to_the_next_recipe(tmp_path: Path) -> None:
         with server.client(server.admin_token()) as admin:
             mine = admin.get("/api/submissions", params={"researcher": "offline-t"}).json()
         assert [s["id"] for s in mine] == [r.usage.final["submission_id"]]
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_finalists_of_distinct_families_go_to_the_board_which_picks_the_sealed_one(tmp_path: Path) -> None:
+    """The researcher submits its best recipe of each of the top families (not two variants of
+    one family); the grader seals the one with the best real board accuracy; a second `finish`
+    (a restart after the submissions) submits nothing again."""
+    toy = make_toy_testbed(tmp_path / "toy-pairs", "pairwise", sizes=(40, 120, 60))
+    server = GraderServer(toy, tmp_path / "grader.db").start()
+    try:
+        with server.client(server.admin_token()) as admin:
+            seeds = admin.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
+            token = admin.post("/api/admin/researchers", json={"name": "offline-t"}).json()["token"]
+        kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1, 2, *seeds], tmp_path / "kit")
+        ws = tmp_path / "r"
+        cfg = ResearcherConfig(name="offline-t", token=token, grader_url=server.url, testbed="toy", kit_dir=kit,
+                               workspace=ws / "workspace", direction="ensembles", direction_name="ensembles",
+                               transcript=ws / "t.jsonl", usage_path=ws / "usage.json", stop_file=ws / "STOP",
+                               dev_seeds=[1, 2], submit_seeds=seeds, sandbox=sandboxed)
+        r = OfflineResearcher(cfg)
+        best = _node(r, Recipe(label="soft"), {"1": 0.5, "2": 0.5})
+        _node(r, Recipe(label="soft", lr=1e-3), {"1": 0.45, "2": 0.45})  # same family as the best: skipped
+        second = _node(r, Recipe(ensemble=2, head="linear"), {"1": 0.4, "2": 0.4})
+        third = _node(r, Recipe(filter="confident"), {"1": 0.3, "2": 0.3})
+        _node(r, Recipe(loss="aux"), {"1": 0.2, "2": 0.2})  # a fourth family: beyond the finalists
+        assert [n["key"] for n in r.candidates()] == [best["key"], second["key"], third["key"]]
+        r.finish("test")
+        expected = [best["key"], second["key"], third["key"]]
+        assert [c["recipe"] for c in r.usage.final["candidates"]] == expected and r.usage.final["recipe"] == best["key"]
+        assert r.usage.submissions == 3
+        r.finish("test again")  # as after a restart: every finalist is already on the board
+        assert r.usage.submissions == 3
+        with server.client(server.admin_token()) as admin:
+            mine = admin.get("/api/submissions", params={"researcher": "offline-t"}).json()
+            assert sorted(s["id"] for s in mine) == sorted(c["submission_id"] for c in r.usage.final["candidates"])
+            sealed = admin.post("/api/admin/seal", json={"testbed": "toy"}).json()
+        with Session(make_engine(f"sqlite:///{tmp_path / 'grader.db'}")) as s:
+            accs = {sub.id: sub.transfer_acc for sub in s.exec(select(Submission)).all()}
+        (row,) = [x for x in sealed["rows"] if x["researcher"] == "offline-t"]
+        ids = [c["submission_id"] for c in r.usage.final["candidates"]]
+        assert row["chosen_by"] == "board" and row["submission_id"] in ids
+        assert accs[row["submission_id"]] == max(accs[i] for i in ids)
     finally:
         server.stop()

@@ -14,14 +14,17 @@ the recipes it has evaluated (and promising ones read on the forum):
    winner's curse), *replicated* (a forum recipe it has not run yet), or *mutated*: one block
    changed (the direction's favourite blocks are 3x as likely) or a block transplanted from
    another family's elite; near the end of the budget the top candidates by lower bound are
-   re-checked on the dev seeds they miss (:meth:`OfflineResearcher.recheck`);
+   re-checked on the dev seeds they miss (:meth:`OfflineResearcher.recheck`): the finalists, the
+   best recipe of each of the top ``FINALISTS`` families by lower bound;
 3. each new recipe's result goes to the forum (``result`` or ``negative_result``) with its
    effect size vs its parent and the recipe in the body; replications of others' posts get a
    vote (or a comment when they do not replicate);
 4. it stops at its budgets (experiments, grader queries, deadline minus the time the final
-   run needs, the stop file) and submits its best recipe by a lower confidence bound: the very
-   file that was evaluated is copied into a snapshot, run on the server's seeds, uploaded and
-   submitted.
+   runs need, the stop file) and submits every finalist, best lower bound first: the very file
+   that was evaluated is copied into a snapshot, run on the server's seeds, uploaded and
+   submitted. It makes no pick: the grader seals the finalist with the best board accuracy, so
+   the last choice is made on rows none of them was chosen on (the dev rows' winner's curse
+   does not reach it).
 
 Through the grader's Ladder (its default; one per seed, so recipes are compared on the same
 teacher seed), an answer "not improved" carries only "at most my best on this seed plus the
@@ -62,7 +65,8 @@ SIGMA_PRIOR = 0.06  # seed-to-seed sd of one dev PGR measurement before any data
 CONFIRM_SEEDS = 4  # a leading recipe is confirmed on up to this many dev seeds (two at a time)
 LCB_Z = 1.0  # the final pick maximises mean - LCB_Z * sigma / sqrt(n)
 SCREEN_SD = 0.15  # prior sd of an unmeasured block's effect (its starter) around the naive recipe's dev PGR
-RECHECK_TOP = 3  # near the end of the budget, the top candidates by lower bound get the remaining dev seeds
+FINALISTS = 3  # the top recipes of distinct families: re-checked on more dev seeds near the end, then all
+# submitted, so the board (rows no recipe was chosen on) picks among them
 
 
 @dataclass
@@ -315,6 +319,20 @@ class OfflineResearcher:
         self.nb.data["sigma"] = s
         return sorted(self.evaluated(), key=lambda n: -_lcb(n, s))
 
+    def candidates(self, k: int = FINALISTS) -> list[dict[str, Any]]:
+        """The final candidates: the best recipe by lower bound, then the best of each other family
+        (:attr:`Recipe.family`), at most ``k``. Near-identical variants of one recipe would give the
+        board nothing to choose between; different families give it real alternatives."""
+        out, families = [], set()
+        for node in self.ranked():
+            fam = Recipe.from_dict(node["recipe"]).family
+            if fam not in families and not node.get("failed"):
+                out.append(node)
+                families.add(fam)
+            if len(out) == k:
+                break
+        return out
+
     # ------------------------------------------------------------------ time
     def estimate(self, recipe: Recipe, n_seeds: int) -> float:
         t = self.nb.data["timing"]
@@ -338,9 +356,9 @@ class OfflineResearcher:
             t["per_unit"] = max(0.2, (seconds - t["overhead"]) / max(1e-9, recipe.cost * n_seeds))
 
     def final_reserve(self) -> float:
-        best = self.best()
-        recipe = Recipe.from_dict(best["recipe"]) if best else Recipe()
-        return 1.5 * self.estimate(recipe, len(self.submit_seeds)) + 15.0
+        """Seconds kept for the final runs: every current candidate on the server's seeds."""
+        recipes = [Recipe.from_dict(n["recipe"]) for n in self.candidates()] or [Recipe()]
+        return 1.5 * sum(self.estimate(r, len(self.submit_seeds)) for r in recipes) + 15.0
 
     def stop_reason(self, next_action: Action | None = None) -> str | None:
         reserve = self.final_reserve()
@@ -444,15 +462,15 @@ class OfflineResearcher:
 
     def endgame(self) -> bool:
         """Whether the budget left is about what re-checking the top candidates needs: one
-        two-seed run each (``RECHECK_TOP`` experiments, twice as many grader queries, or that
+        two-seed run each (``FINALISTS`` experiments, twice as many grader queries, or that
         many runs of the current pick's cost before the final reserve)."""
         b, u = self.cfg.budgets, self.usage
-        if b.experiments is not None and b.experiments - u.experiments <= RECHECK_TOP:
+        if b.experiments is not None and b.experiments - u.experiments <= FINALISTS:
             return True
-        if b.grader_queries is not None and b.grader_queries - u.grader_queries <= 2 * RECHECK_TOP:
+        if b.grader_queries is not None and b.grader_queries - u.grader_queries <= 2 * FINALISTS:
             return True
         best = self.best()
-        need = (RECHECK_TOP + 0.5) * self.estimate(Recipe.from_dict(best["recipe"]) if best else Recipe(), 2)
+        need = (FINALISTS + 0.5) * self.estimate(Recipe.from_dict(best["recipe"]) if best else Recipe(), 2)
         if self.cfg.deadline is not None and self.cfg.deadline - time.time() - self.final_reserve() <= need:
             return True
         if b.wall_seconds is not None and b.wall_seconds - u.wall_seconds() - self.final_reserve() <= need:
@@ -460,19 +478,17 @@ class OfflineResearcher:
         return False
 
     def recheck(self) -> Action | None:
-        """Near the end of the budget: the top ``RECHECK_TOP`` recipes by lower bound get the dev
+        """Near the end of the budget: the top ``FINALISTS`` recipes by lower bound get the dev
         seeds they miss (two at a time, the current pick first), so the submission is chosen on
         more seeds rather than on one lucky pair."""
         if not self.endgame():
             return None
-        s = self.sigma()
-        top = sorted(self.evaluated(), key=lambda n: -_lcb(n, s))[:RECHECK_TOP]
-        for node in top:
+        for node in self.candidates(FINALISTS):
             more = [x for x in self.dev_seeds if str(x) not in node["results"]][:2]
             if more and not node.get("failed"):
                 recipe = Recipe.from_dict(node["recipe"])
                 return Action("confirm", recipe, node.get("parent"), None, more, node["origin"] or "recheck",
-                              f"re-check before submitting: {recipe.describe()} is among my top {RECHECK_TOP} "
+                              f"re-check before submitting: {recipe.describe()} is among my top {FINALISTS} "
                               f"(dev PGR {self.dev_text(node)}): run it on seeds {more}")
         return None
 
@@ -738,24 +754,43 @@ class OfflineResearcher:
                  + (f"; best so far {best['describe']} ({self.mean(best):.3f}, n={len(best['results'])})" if best else ""))
 
     # ------------------------------------------------------------------ the final submission
-    def finish(self, reason: str, tries: int = 3) -> None:
-        """Submit the best recipe. When the grader refuses it as a near-duplicate of another
-        submission and this researcher has no earlier one to stand on, the next-best recipes follow
-        (at most ``tries`` in all), so a pick that happens to match someone else's does not leave
-        the researcher without a result."""
-        if self.submitted():
-            self.say("final submission of this session already made before a restart; nothing to do")
-            return
+    def finish(self, reason: str, tries: int = FINALISTS + 2) -> None:
+        """Submit the finalists (:meth:`candidates`), best lower bound first. The grader seals the
+        one with the best board accuracy (this researcher makes no pick), so the choice among them
+        is made on rows none of them was selected on, which shrinks the winner's curse of picking
+        the best of many recipes on the same dev rows. A candidate the grader refuses as a
+        near-duplicate of another submission is replaced by the next family's best (at most
+        ``tries`` runs in all); after a restart, candidates already submitted are not run again."""
         ranked = self.ranked()
         if not ranked:
             self.say(f"stopping ({reason}) with no evaluated recipe: nothing to submit")
             return
-        for i, node in enumerate(ranked[:tries]):
-            if i and self.cfg.deadline is not None and time.time() > self.cfg.deadline + 60:
-                self.say("no time left to submit another recipe")
-                return
-            if self.submit_recipe(node, reason, "best" if i == 0 else "next-best") != "refused" or self.nb.data.get("finals"):
-                return
+        def this_session(kind: str) -> set[str]:
+            return {f.get("recipe") for f in self.nb.data.get(kind) or [] if f.get("session", "") == self.cfg.session}
+
+        done, refused = this_session("finals"), this_session("refused")
+        if done or refused:
+            self.say(f"resuming the final submissions: {len(done)} finalist(s) submitted, {len(refused)} refused")
+        families, submitted, runs = set(), 0, 0
+        for node in ranked:
+            fam = Recipe.from_dict(node["recipe"]).family
+            if fam in families or node.get("failed") or node["key"] in refused:
+                continue
+            families.add(fam)
+            if node["key"] in done:
+                submitted += 1
+                continue
+            if submitted >= FINALISTS or runs >= tries:
+                break
+            if runs and self.cfg.deadline is not None and time.time() > self.cfg.deadline + 60:
+                self.say("no time left to submit another candidate")
+                break
+            runs += 1
+            outcome = self.submit_recipe(node, reason, "best" if not submitted else f"candidate {submitted + 1}")
+            if outcome == "refused":
+                families.discard(fam)  # the family's next recipe may still differ enough
+            elif outcome == "submitted":
+                submitted += 1
 
     def submit_recipe(self, best: dict[str, Any], reason: str, rank: str = "best") -> str:
         """Run ``best``'s recipe on the server's seeds and submit it: "submitted", "refused" (a
@@ -798,20 +833,28 @@ class OfflineResearcher:
             # the grader refuses near-duplicates of an earlier submission (label probing through
             # the final half): the earlier submission stands as this researcher's result
             self.tr.tool_result("grader.submit", {"error": e.message})
-            previous = (self.nb.data.get("finals") or [None])[-1]
-            self.usage.final = dict(previous, resubmission_refused=e.message) if previous else None
-            self.nb.data["final"] = {"refused": e.message, "recipe": recipe.key, "session": self.cfg.session}
+            refusal = {"refused": e.message, "recipe": recipe.key, "session": self.cfg.session}
+            self.nb.data.setdefault("refused", []).append(refusal)
+            if not self.submitted():  # no submission of this session yet: the earlier one stands
+                previous = (self.nb.data.get("finals") or [None])[-1]
+                self.usage.final = dict(previous, resubmission_refused=e.message) if previous else None
+                self.nb.data["final"] = refusal
             self.nb.save()
             self.usage.save()
             self.say(f"the grader refused the submission as a near-duplicate: {e.message}")
             return "refused"
         self.tr.tool_result("grader.submit", sub)
         self.usage.submissions += 1
-        self.usage.final = {"submission_id": sub["id"], "pgr": sub["pgr"], "pgr_ci": sub["pgr_ci"], "recipe": recipe.key,
-                            "method_name": method_name, "snapshot": info["sha256"], "file_sha256": sha_file,
-                            "dev_pgr": round(self.mean(best), 4), "dev_lcb": round(self.lcb(best), 4),
-                            "dev_seeds": list(best["results"]), "dev_censored": sorted(best.get("censored", []))}
-        self.nb.data["final"] = dict(self.usage.final, reason=reason, session=self.cfg.session)
+        entry = {"submission_id": sub["id"], "pgr": sub["pgr"], "pgr_ci": sub["pgr_ci"], "recipe": recipe.key,
+                 "method_name": method_name, "snapshot": info["sha256"], "file_sha256": sha_file,
+                 "dev_pgr": round(self.mean(best), 4), "dev_lcb": round(self.lcb(best), 4),
+                 "dev_seeds": list(best["results"]), "dev_censored": sorted(best.get("censored", [])),
+                 "board_improved": sub.get("improved")}
+        if self.submitted():  # a further finalist: listed under the session's first submission
+            self.usage.final = dict(self.usage.final or {}, candidates=[*(self.usage.final or {}).get("candidates", []), entry])
+        else:
+            self.usage.final = dict(entry, candidates=[entry])
+        self.nb.data["final"] = dict(entry, reason=reason, session=self.cfg.session)
         self.nb.data.setdefault("finals", []).append(self.nb.data["final"])
         self.nb.save()
         self.usage.save()
