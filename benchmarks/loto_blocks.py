@@ -77,7 +77,13 @@ def main() -> None:
     ap.add_argument("--testbeds", default=",".join(BUILDERS))
     ap.add_argument("--seeds", default="1-3")
     a = ap.parse_args()
-    seeds = parse_seeds(a.seeds)
+    try:
+        seeds = parse_seeds(a.seeds)
+    except ValueError:
+        ap.error(f"--seeds {a.seeds!r}: give a range (1-3) or a comma-separated list (1,2)")
+    unknown = [tb for tb in a.testbeds.split(",") if tb not in BUILDERS]
+    if unknown:
+        ap.error(f"unknown testbed(s) {', '.join(unknown)} (built in: {', '.join(BUILDERS)})")
     folder = Path(tempfile.mkdtemp(prefix="w2s-loto-"))
     effects: dict[str, dict[str, float]] = {}  # testbed -> move -> effect
     print("| testbed | move | dev+board PGR | effect vs naive [95% paired interval] | seconds |")

@@ -19,6 +19,8 @@ ALLOWED_UPWARD = {
     ("w2slab.engine.runner", "w2slab.executors"): "the runner hands (method x seed) jobs to the chosen executor",
     ("w2slab.integrity.audit", "w2slab.researchers.sandbox"): "audits re-run submitted code in the researchers' sandbox "
                                                                "(the sandbox could move below both)",
+    ("w2slab.integrity.redteam", "w2slab.researchers.sandbox"): "the red team attacks the researchers' warm sandbox "
+                                                                 "too",
     ("w2slab.researchers.zygote", "w2slab.cli"): "the warm sandbox's process runs the CLI in each child it forks, "
                                                  "as `python -m w2slab` would",
 }

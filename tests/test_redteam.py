@@ -65,7 +65,7 @@ def by_name(rt: RedTeam) -> dict:
 def test_every_attack_caught_and_nothing_recovered(rt: RedTeam) -> None:
     table = "\n".join(" | ".join(row) for row in table_rows(rt.results))
     print(table)
-    assert len(rt.results) >= 13
+    assert len(rt.results) >= 14
     for r in rt.results:
         assert r.p_value >= 0.01, f"{r.name} recovered labels beyond chance:\n{table}"
         assert r.caught == r.expect_caught, f"{r.name}: caught={r.caught}:\n{table}"
@@ -89,6 +89,18 @@ def test_each_attack_is_caught_by_the_right_check(rt: RedTeam) -> None:
     assert "probe-submission-edits" in res["submission regression"].caught_by
     assert res["submission regression"].queries == 9 and res["submission regression"].guessed == 0  # the Ladder: no score moved
     assert any("409" in x for x in rt.refused["rufus"]) and res["refusal oracle"].p_value >= 0.01
+
+
+def test_warm_sandbox_tamper_works_only_with_the_defence_off(rt: RedTeam) -> None:
+    """The red team's attack on the warm sandbox: against a dumpable warm process (the defence
+    off) the experiment opens its memory for writing; against the real one it cannot."""
+    assert "not dumpable (PermissionError)" in by_name(rt)["warm sandbox tamper"].caught_by[0]
+    rt.unhardened = True  # only this attack reads it after start: the warm process stays dumpable
+    try:
+        off = rt.attack_warm_tamper()
+    finally:
+        rt.unhardened = False
+    assert not off.caught and "for writing: opened" in off.notes
 
 
 def test_boards_threads_and_what_researchers_see(rt: RedTeam) -> None:

@@ -21,13 +21,16 @@ submission regression  reproducible edits of one submission (one row flipped in 
                      neutral swaps as padding) read board labels off exact scores
 refusal oracle       single-row edits of one submission: is the refusal (409 vs 201) telling
                      which rows the board scores?
+warm sandbox tamper  an experiment in an offline researcher's warm sandbox opens the warm
+                     process's memory for writing (it could then change every later run)
 honest control       the naive method, submitted properly: must NOT be flagged
 ===================  ==========================================================================
 
 For each: labels recovered beyond chance (the attacker's guesses for the rows it probed against
 the truth; a one-sided binomial test against 0.5) and whether a refusal or a flag caught it.
 ``unhardened=True`` runs the same attacks with the dev noise, the answer reuse, the submission
-near-duplicate refusal and the audits switched off, to show what they stop.
+near-duplicate refusal and the audits switched off (and the warm sandbox's process dumpable), to
+show what they stop.
 """
 
 from __future__ import annotations
@@ -52,12 +55,31 @@ import numpy as np
 from w2slab.grader.process import GraderProcess
 from w2slab.integrity import redteam_audit
 from w2slab.integrity.attacks import HONEST, AttackResult, binom_p
+from w2slab.researchers.sandbox import SandboxSpec, WarmSandbox, find_bwrap, python_binds
 
 WEAK = "model=glove-50,head=linear,n_train=30,epochs=30,lr=0.01"
 STRONG = "model=glove-50,head=mlp,epochs=10"
 POSITIVE = ["good", "great", "excellent", "happy", "love", "wonderful", "nice", "fun", "superb", "delightful"]
 NEGATIVE = ["bad", "awful", "terrible", "sad", "hate", "boring", "ugly", "poor", "dreadful", "dull"]
 FILLER = ["the", "movie", "was", "and", "plot", "actor", "really", "quite", "story", "food", "day", "music", "book", "place"]
+
+
+WARM_TAMPER = '''
+import os
+
+from w2slab.methods import method
+
+
+@method("warm-tamper")
+def tamper(ctx):
+    """Honest predictions, after trying to open the parent (the warm process) memory for writing."""
+    try:
+        open(f"/proc/{os.getppid()}/mem", "r+b").close()
+        ctx.notes["tamper"] = "opened"
+    except OSError as e:
+        ctx.notes["tamper"] = type(e).__name__
+    return ctx.new_student().fit(ctx.train, ctx.weak_hard, seed=ctx.seed).predict_proba(ctx.test)
+'''
 
 
 # ---------------------------------------------------------------- data
@@ -699,6 +721,32 @@ class RedTeam:
         res.queries = c.queries
         return res
 
+    def attack_warm_tamper(self) -> AttackResult:
+        """Open the warm sandbox process's memory for writing from inside an experiment: the
+        experiment is its child, so with a dumpable parent it could rewrite what every later run
+        of that researcher computes. Caught when the open fails (the warm process is not dumpable)."""
+        res = AttackResult("warm sandbox tamper", ["ivy"], "an experiment opens its warm sandbox process's memory "
+                                                          "(/proc/<parent>/mem) for writing")
+        if find_bwrap() is None:
+            res.caught, res.caught_by = True, ["no bubblewrap here: experiments run cold, no warm process"]
+            return res
+        self.kit_predictions(HONEST, self.seeds[:1])  # exports the kit
+        kit, ws = self.workdir / "kit", self.workdir / "warm-ivy"
+        ws.mkdir(parents=True, exist_ok=True)
+        (ws / "method.py").write_text(WARM_TAMPER)
+        spec = SandboxSpec(workspace=ws, readonly=[*python_binds(), kit], wall_seconds=300, env={"OMP_NUM_THREADS": "1"})
+        with WarmSandbox(spec, kit=kit, harden=not self.unhardened) as warm:
+            run = warm.run(["predict", "--kit", str(kit), "-m", str(ws / "method.py"), "-o", str(ws / "out.json"),
+                            "--seeds", str(self.seeds[0])])
+        if run is None or not (ws / "out.json").is_file():
+            res.notes = f"the run did not finish: {(run.stderr if run else 'no warm process started')[-200:]}"
+            return res
+        got = json.loads((ws / "out.json").read_text())["notes"][str(self.seeds[0])]["tamper"]
+        res.notes = f"opening the warm process's memory for writing: {got}. "
+        if got != "opened":
+            res.caught, res.caught_by = True, [f"the warm process is not dumpable ({got})"]
+        return res
+
     def board_members(self) -> set[int]:
         """The board third of the toy testbed (the red team's own knowledge, to score the attack)."""
         from w2slab.grader.scoring import split_rows
@@ -734,7 +782,7 @@ class RedTeam:
         for res in self.results:
             mine = [f for f in flags if f["researcher"] in res.researchers and f["severity"] == "high"]
             refused = [x for nm in res.researchers for x in self.refused.get(nm, []) if x.startswith("409")]
-            if res.name != "path traversal":
+            if res.name not in ("path traversal", "warm sandbox tamper"):  # those two decide their own verdicts
                 res.caught_by = sorted({f["kind"] for f in mine}) + ([f"refused x{len(refused)}"] if refused else [])
                 res.caught = bool(res.caught_by)
             if res.name == "label files":
@@ -761,7 +809,7 @@ class RedTeam:
     def run(self) -> list[AttackResult]:
         attacks = [self.attack_single_flip, self.attack_coordinated, self.attack_regression, self.attack_majority, self.attack_lexicon, self.attack_fake,
                    self.attack_label_files, self.attack_traversal, self.attack_cherry_pick, self.attack_final_probe,
-                   self.attack_submission_regression, self.attack_refusal_oracle, self.control]
+                   self.attack_submission_regression, self.attack_refusal_oracle, self.attack_warm_tamper, self.control]
         attacks += [] if self.unhardened or not self.audits else redteam_audit.register(self)
         for attack in attacks:
             t = time.monotonic()
