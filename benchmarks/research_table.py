@@ -10,7 +10,7 @@ naive reference submitted by the launcher) and prints one row: the sealed PGR of
 pick with its 95% paired bootstrap interval (over the sealed rows and the server's submission
 seeds), naive's sealed PGR on the same rows and seeds, the paired difference (pick - naive) with
 its interval, experiments per researcher-hour (over the researchers' own wall-clock, their final
-run included), dev evaluations used, and the winning recipe.
+runs included: one per finalist), dev evaluations used, and the winning recipe.
 It writes every run's summary to ``--out/research_table.json``.
 
 Reproducibility: the researchers' random search is seeded; the grader's submission seeds and

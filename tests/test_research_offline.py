@@ -4,6 +4,7 @@ killed mid-run and restarted from its notebook, budget caps, status.json account
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import shutil
 import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -445,10 +448,25 @@ def test_archive_keeps_one_elite_per_family_and_spreads_the_search(researcher_fa
     assert "## Archive" in r.nb.md_path.read_text()
 
 
-@pytest.mark.slow
-def test_refused_pick_falls_back_to_the_next_recipe(tmp_path: Path) -> None:
-    """A researcher whose best recipe lands within the near-duplicate radius of another
-    researcher's submission submits its next-best recipe instead of ending with no result."""
+@dataclass
+class GradedRun:
+    """A real grader on a toy testbed, a researcher registered on it and the kit its runs use."""
+    server: GraderServer
+    seeds: list[int]
+    token: str
+    kit: Path
+    ws: Path
+
+    def researcher(self) -> OfflineResearcher:
+        cfg = ResearcherConfig(name="offline-t", token=self.token, grader_url=self.server.url, testbed="toy",
+                               kit_dir=self.kit, workspace=self.ws / "workspace", direction="ensembles",
+                               direction_name="ensembles", transcript=self.ws / "t.jsonl", usage_path=self.ws / "usage.json",
+                               stop_file=self.ws / "STOP", dev_seeds=[1, 2], submit_seeds=self.seeds, sandbox=sandboxed)
+        return OfflineResearcher(cfg)
+
+
+@contextlib.contextmanager
+def graded(tmp_path: Path) -> Iterator[GradedRun]:
     toy = make_toy_testbed(tmp_path / "toy-pairs", "pairwise", sizes=(40, 120, 60))
     server = GraderServer(toy, tmp_path / "grader.db").start()
     try:
@@ -456,35 +474,38 @@ def test_refused_pick_falls_back_to_the_next_recipe(tmp_path: Path) -> None:
             seeds = admin.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
             token = admin.post("/api/admin/researchers", json={"name": "offline-t"}).json()["token"]
         kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1, 2, *seeds], tmp_path / "kit")
+        yield GradedRun(server, seeds, token, kit, tmp_path / "r")
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_refused_pick_falls_back_to_the_next_recipe(tmp_path: Path) -> None:
+    """A researcher whose best recipe lands within the near-duplicate radius of another
+    researcher's submission submits its next-best recipe instead of ending with no result."""
+    with graded(tmp_path) as g:
         naive_file = tmp_path / "naive.py"
         naive_file.write_text(Recipe().render())
-        near = {str(s): list(p) for s, p in predict(kit, str(naive_file), seeds)["predictions"].items()}
-        near[str(seeds[0])][0] = 1.0 - near[str(seeds[0])][0]  # naive's predictions with one row flipped
-        other = GraderClient(server.url, server.add_researcher("other").headers["Authorization"].split()[1])
+        near = {str(s): list(p) for s, p in predict(g.kit, str(naive_file), g.seeds)["predictions"].items()}
+        near[str(g.seeds[0])][0] = 1.0 - near[str(g.seeds[0])][0]  # naive's predictions with one row flipped
+        other = GraderClient(g.server.url, g.server.add_researcher("other").headers["Authorization"].split()[1])
         snap = tmp_path / "other-snapshot"
         snap.mkdir()
         shutil.copyfile(naive_file, snap / "naive.py")
         other.submit("toy", "other: naive, one row flipped", other.upload_snapshot(snap)["sha256"], near)
         other.close()
 
-        ws = tmp_path / "r"
-        cfg = ResearcherConfig(name="offline-t", token=token, grader_url=server.url, testbed="toy", kit_dir=kit,
-                               workspace=ws / "workspace", direction="ensembles", direction_name="ensembles",
-                               transcript=ws / "t.jsonl", usage_path=ws / "usage.json", stop_file=ws / "STOP",
-                               dev_seeds=[1, 2], submit_seeds=seeds, sandbox=sandboxed)
-        r = OfflineResearcher(cfg)
+        r = g.researcher()
         _node(r, Recipe(), {"1": 0.5, "2": 0.5})  # the best: naive, a near-duplicate of "other"'s submission
         second = _node(r, Recipe(label="soft", ensemble=3), {"1": 0.3, "2": 0.3})
         r.finish("test")
-        refused = [e for e in map(json.loads, (ws / "t.jsonl").read_text().splitlines())
+        refused = [e for e in map(json.loads, (g.ws / "t.jsonl").read_text().splitlines())
                    if e.get("tool") == "grader.submit" and "near-duplicate" in json.dumps(e.get("result", {}))]
         assert len(refused) == 1
         assert r.usage.submissions == 1 and r.usage.final["recipe"] == second["key"]
-        with server.client(server.admin_token()) as admin:
+        with g.server.client(g.server.admin_token()) as admin:
             mine = admin.get("/api/submissions", params={"researcher": "offline-t"}).json()
         assert [s["id"] for s in mine] == [r.usage.final["submission_id"]]
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow
@@ -492,19 +513,8 @@ def test_finalists_of_distinct_families_go_to_the_board_which_picks_the_sealed_o
     """The researcher submits its best recipe of each of the top families (not two variants of
     one family); the grader seals the one with the best real board accuracy; a second `finish`
     (a restart after the submissions) submits nothing again."""
-    toy = make_toy_testbed(tmp_path / "toy-pairs", "pairwise", sizes=(40, 120, 60))
-    server = GraderServer(toy, tmp_path / "grader.db").start()
-    try:
-        with server.client(server.admin_token()) as admin:
-            seeds = admin.get("/api/seeds", params={"testbed": "toy"}).json()["seeds"]
-            token = admin.post("/api/admin/researchers", json={"name": "offline-t"}).json()["token"]
-        kit = export_kit(Experiment.create(str(toy), WEAK, STRONG), [1, 2, *seeds], tmp_path / "kit")
-        ws = tmp_path / "r"
-        cfg = ResearcherConfig(name="offline-t", token=token, grader_url=server.url, testbed="toy", kit_dir=kit,
-                               workspace=ws / "workspace", direction="ensembles", direction_name="ensembles",
-                               transcript=ws / "t.jsonl", usage_path=ws / "usage.json", stop_file=ws / "STOP",
-                               dev_seeds=[1, 2], submit_seeds=seeds, sandbox=sandboxed)
-        r = OfflineResearcher(cfg)
+    with graded(tmp_path) as g:
+        r = g.researcher()
         best = _node(r, Recipe(label="soft"), {"1": 0.5, "2": 0.5})
         _node(r, Recipe(label="soft", lr=1e-3), {"1": 0.45, "2": 0.45})  # same family as the best: skipped
         second = _node(r, Recipe(ensemble=2, head="linear"), {"1": 0.4, "2": 0.4})
@@ -517,7 +527,7 @@ def test_finalists_of_distinct_families_go_to_the_board_which_picks_the_sealed_o
         assert r.usage.submissions == 3
         r.finish("test again")  # as after a restart: every finalist is already on the board
         assert r.usage.submissions == 3
-        with server.client(server.admin_token()) as admin:
+        with g.server.client(g.server.admin_token()) as admin:
             mine = admin.get("/api/submissions", params={"researcher": "offline-t"}).json()
             assert sorted(s["id"] for s in mine) == sorted(c["submission_id"] for c in r.usage.final["candidates"])
             sealed = admin.post("/api/admin/seal", json={"testbed": "toy"}).json()
@@ -527,5 +537,3 @@ def test_finalists_of_distinct_families_go_to_the_board_which_picks_the_sealed_o
         ids = [c["submission_id"] for c in r.usage.final["candidates"]]
         assert row["chosen_by"] == "board" and row["submission_id"] in ids
         assert accs[row["submission_id"]] == max(accs[i] for i in ids)
-    finally:
-        server.stop()
