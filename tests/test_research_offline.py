@@ -13,6 +13,7 @@ import subprocess
 import sys
 import shutil
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -537,3 +538,14 @@ def test_finalists_of_distinct_families_go_to_the_board_which_picks_the_sealed_o
         ids = [c["submission_id"] for c in r.usage.final["candidates"]]
         assert row["chosen_by"] == "board" and row["submission_id"] in ids
         assert accs[row["submission_id"]] == max(accs[i] for i in ids)
+        # near the deadline a finalist whose run would not end in time is skipped, not started
+        late = GradedRun(g.server, g.seeds, g.token, g.kit, tmp_path / "late").researcher()
+        late.cfg.deadline = time.time()  # the 60 s of grace left
+        late.nb.data["timing"].update(overhead=1.0, per_unit=2.0)
+        first = _node(late, Recipe(label="soft"), {"1": 0.5, "2": 0.5})
+        heavy = _node(late, Recipe(ensemble=3, rounds=2), {"1": 0.4, "2": 0.4})
+        light = _node(late, Recipe(filter="confident"), {"1": 0.3, "2": 0.3})
+        assert late.estimate(Recipe(ensemble=3, rounds=2), len(g.seeds)) > 60 > 3 * late.estimate(Recipe(filter="confident"), len(g.seeds))
+        late.finish("test")
+        assert [c["recipe"] for c in late.usage.final["candidates"]] == [first["key"], light["key"]]
+        assert f"no time left for the finalist {heavy['describe']}" in (tmp_path / "late" / "t.jsonl").read_text()

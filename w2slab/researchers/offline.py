@@ -760,7 +760,8 @@ class OfflineResearcher:
         is made on rows none of them was selected on, which shrinks the winner's curse of picking
         the best of many recipes on the same dev rows. A candidate the grader refuses as a
         near-duplicate of another submission is replaced by the next family's best (at most
-        ``tries`` runs in all); after a restart, candidates already submitted are not run again."""
+        ``tries`` runs in all); a finalist whose run would end past the deadline's grace is skipped;
+        after a restart, candidates already submitted are not run again."""
         ranked = self.ranked()
         if not ranked:
             self.say(f"stopping ({reason}) with no evaluated recipe: nothing to submit")
@@ -782,9 +783,10 @@ class OfflineResearcher:
                 continue
             if submitted >= FINALISTS or runs >= tries:
                 break
-            if runs and self.cfg.deadline is not None and time.time() > self.cfg.deadline + 60:
-                self.say("no time left to submit another candidate")
-                break
+            need = self.estimate(Recipe.from_dict(node["recipe"]), len(self.submit_seeds))
+            if runs and self.cfg.deadline is not None and time.time() + need > self.cfg.deadline + 60:
+                self.say(f"no time left for the finalist {node['describe']} (about {need:.0f} s on the server's seeds)")
+                continue  # a cheaper finalist of another family may still fit
             runs += 1
             outcome = self.submit_recipe(node, reason, "best" if not submitted else f"candidate {submitted + 1}")
             if outcome == "refused":
