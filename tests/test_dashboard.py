@@ -340,14 +340,16 @@ def test_transcript_one_line_per_entry_with_filters(server: GraderServer, long_r
     assert page.evaluate("[...document.querySelectorAll('ol.transcript details')].every(d => d.open)")
     # filter by tool: only grader.evaluate calls and results, across pages
     page.select_option("select[name=tool]", "grader.evaluate")
-    page.click("#transcript-filter button[type=submit]")
+    with page.expect_navigation():  # the form's GET: wait for the new page, not just the click
+        page.click("#transcript-filter button[type=submit]")
     assert "tool=grader.evaluate" in page.url
     labels = page.locator("ol.transcript .kind").all_inner_texts()
     assert len(labels) == 50 and set(labels) == {"tool call (grader.evaluate)", "tool result (grader.evaluate)"}
     assert f"{4 * N_EXPERIMENTS} of {long_run['total']} entries match" in page.inner_text("#matching")
     assert "tool=grader.evaluate" in page.get_attribute(".pager a[rel=next]", "href")
     page.select_option("select[name=kind]", "tool_result")
-    page.click("#transcript-filter button[type=submit]")
+    with page.expect_navigation():
+        page.click("#transcript-filter button[type=submit]")
     assert page.locator("ol.transcript > li").count() == 2 * N_EXPERIMENTS
     # search: a substring of the entries, with the kind filter
     page.goto(f"{server.url}/research/long-run/offline-9?q=experiment+7+done")
@@ -357,7 +359,8 @@ def test_transcript_one_line_per_entry_with_filters(server: GraderServer, long_r
     assert page.locator("ol.transcript > li").count() == 50
     nxt = page.get_attribute(".pager a[rel=next]", "href")
     assert "kind=tool_call" in nxt and "offset=50" in nxt
-    page.click(".pager a[rel=next]")
+    with page.expect_navigation():
+        page.click(".pager a[rel=next]")
     assert page.locator("ol.transcript > li").count() == 3 * N_EXPERIMENTS - 50
     assert set(page.locator("ol.transcript > li").evaluate_all("ls => ls.map(l => l.dataset.kind)")) == {"tool_call"}
 
@@ -370,21 +373,26 @@ def test_experiments_table_sorts_filters_and_links(server: GraderServer, long_ru
     headers = page.locator("#experiments thead th").all_inner_texts()
     assert {"alpha", "epochs", "soft_labels"} <= {h.strip(" ▲▼") for h in headers}  # the recipe, side by side
     # sort by a parameter, both ways (server-side: works without JavaScript)
-    page.click("#experiments th[data-sort='p.alpha'] a")
+    with page.expect_navigation():  # server-side: wait for the new page
+        page.click("#experiments th[data-sort='p.alpha'] a")
     alphas = [float(t) for t in page.locator("#experiments td[data-param=alpha]").all_inner_texts() if t.strip() not in ("–", "")]
     assert alphas == sorted(alphas, reverse=True) and len(alphas) == N_EXPERIMENTS
-    page.click("#experiments th[data-sort='p.alpha'] a")
+    with page.expect_navigation():
+        page.click("#experiments th[data-sort='p.alpha'] a")
     alphas = [float(t) for t in page.locator("#experiments td[data-param=alpha]").all_inner_texts() if t.strip() not in ("–", "")]
     assert alphas == sorted(alphas)
-    page.click("#experiments th[data-sort='pgr'] a")
+    with page.expect_navigation():
+        page.click("#experiments th[data-sort='pgr'] a")
     pgrs = [float(t) for t in page.locator("#experiments td.pgr").all_inner_texts() if t != "n/a"]
     assert pgrs == sorted(pgrs, reverse=True)
     # the 12th experiment: mean dev PGR of its two seeds (0.61, 0.62)
     page.fill("input[name=q]", "alpha 1.2")
-    page.click("#experiment-filter button[type=submit]")
+    with page.expect_navigation():
+        page.click("#experiment-filter button[type=submit]")
     assert rows.count() == 1 and "0.6" in rows.first.locator("td.pgr").inner_text()  # mean of 0.61, 0.62
     assert "sort=pgr" in page.url  # the filter keeps the sort
-    page.click("#experiments tbody tr >> text=recipe")  # its recipe in the transcript
+    with page.expect_navigation():
+        page.click("#experiments tbody tr >> text=recipe")  # its recipe in the transcript
     assert "Transcript of offline-9" in page.inner_text("h1") and page.url.endswith("#e88")
     assert page.locator("#e88 details").evaluate("d => d.open")
     page.goto(f"{server.url}/experiments?kind=submission&researcher=erin")
