@@ -417,19 +417,28 @@ class RedTeam:
 
     EXTRA_SEEDS: ClassVar[list[int]] = list(range(900, 906))
     LADDER_SEEDS: ClassVar[int] = 5  # the grader's default --dev-ladder-seeds
+    SELF_JUDGED: ClassVar[frozenset[str]] = frozenset({"path traversal", "warm sandbox tamper"})  # not judged by flags
+
+    def kit(self) -> Path:
+        """The attackers' researcher kit of the toy testbed (no labels), exported once."""
+        from w2slab.engine.kit import export_kit
+        from w2slab.engine.pipeline import Experiment
+
+        kit = self.workdir / "kit"
+        if not (kit / "kit.json").is_file():
+            with _home(self.home):
+                export_kit(Experiment.create(str(self.toy), WEAK, STRONG), sorted(set(self.seeds) | set(self.EXTRA_SEEDS)), kit)
+        return kit
 
     def kit_predictions(self, code: str, seeds: list[int]) -> dict[int, np.ndarray]:
         """Run a method file on the researcher kit (no labels) on the attacker's side (cached)."""
-        from w2slab.engine.kit import export_kit, predict
-        from w2slab.engine.pipeline import Experiment
+        from w2slab.engine.kit import predict
 
         cache = self.__dict__.setdefault("_pred_cache", {})
         missing = [s for s in seeds if (code, s) not in cache]
         if missing:
+            kit = self.kit()
             with _home(self.home):
-                kit = self.workdir / "kit"
-                if not (kit / "kit.json").is_file():
-                    export_kit(Experiment.create(str(self.toy), WEAK, STRONG), sorted(set(self.seeds) | set(self.EXTRA_SEEDS)), kit)
                 path = self.workdir / "methods" / f"m{len(cache)}.py"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(code)
@@ -730,8 +739,7 @@ class RedTeam:
         if find_bwrap() is None:
             res.caught, res.caught_by = True, ["no bubblewrap here: experiments run cold, no warm process"]
             return res
-        self.kit_predictions(HONEST, self.seeds[:1])  # exports the kit
-        kit, ws = self.workdir / "kit", self.workdir / "warm-ivy"
+        kit, ws = self.kit(), self.workdir / "warm-ivy"
         ws.mkdir(parents=True, exist_ok=True)
         (ws / "method.py").write_text(WARM_TAMPER)
         spec = SandboxSpec(workspace=ws, readonly=[*python_binds(), kit], wall_seconds=300, env={"OMP_NUM_THREADS": "1"})
@@ -782,7 +790,7 @@ class RedTeam:
         for res in self.results:
             mine = [f for f in flags if f["researcher"] in res.researchers and f["severity"] == "high"]
             refused = [x for nm in res.researchers for x in self.refused.get(nm, []) if x.startswith("409")]
-            if res.name not in ("path traversal", "warm sandbox tamper"):  # those two decide their own verdicts
+            if res.name not in self.SELF_JUDGED:
                 res.caught_by = sorted({f["kind"] for f in mine}) + ([f"refused x{len(refused)}"] if refused else [])
                 res.caught = bool(res.caught_by)
             if res.name == "label files":

@@ -852,10 +852,9 @@ class OfflineResearcher:
                  "dev_pgr": round(self.mean(best), 4), "dev_lcb": round(self.lcb(best), 4),
                  "dev_seeds": list(best["results"]), "dev_censored": sorted(best.get("censored", [])),
                  "board_improved": sub.get("improved")}
-        if self.submitted():  # a further finalist: listed under the session's first submission
-            self.usage.final = dict(self.usage.final or {}, candidates=[*(self.usage.final or {}).get("candidates", []), entry])
-        else:
-            self.usage.final = dict(entry, candidates=[entry])
+        # the session's first submission heads usage.final; every finalist is listed under it
+        head = (self.usage.final or {}) if self.submitted() else entry
+        self.usage.final = dict(head, candidates=[*head.get("candidates", []), entry])
         self.nb.data["final"] = dict(entry, reason=reason, session=self.cfg.session)
         self.nb.data.setdefault("finals", []).append(self.nb.data["final"])
         self.nb.save()
